@@ -1,0 +1,116 @@
+"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate}")
+
+    p = sub.add_parser("train", help="train the model of a recipe (a folder with config.yaml)")
+    p.add_argument("recipe_dir", help="recipe folder, e.g. recipes/librispeech_small or recipes/mnist")
+    p.add_argument("--data-dir", help="corpus root (sets data.data_dir); default: the recipe's, else download")
+    p.add_argument("--exp-dir", help="experiment folder for checkpoints, logs and model/ (default: exp/<recipe>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the experiment folder")
+
+    p = sub.add_parser("transcribe", help="print the transcript of audio files")
+    p.add_argument("model_dir", help="a model directory (config.json, vocab.json, stats.json, weights.npz)")
+    p.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG; any sample rate, mono or stereo)")
+    p.add_argument("--beam-width", type=int, default=None, help="CTC beam width (1 = greedy; default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+
+    p = sub.add_parser("evaluate", help="WER/CER report of a model on a JSONL manifest")
+    p.add_argument("model_dir")
+    p.add_argument("manifest", help='JSONL manifest: {"audio_filepath", "duration", "text"} per line')
+    p.add_argument("--report-dir", help="where report.md/.json/.html go (default: <model_dir>/../reports/<manifest name>)")
+    p.add_argument("--beam-width", type=int, default=None, help="CTC beam width (1 = greedy; default: the model's)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from asr.config import load_recipe
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={Path(args.data_dir).resolve()}")
+    config = load_recipe(args.recipe_dir, overrides)
+    exp_dir = Path(args.exp_dir or Path("exp") / Path(args.recipe_dir).resolve().name)
+    if config.task == "classify":
+        from asr import mnist
+
+        result = mnist.train(config, exp_dir)
+        print(f"test accuracy {100 * result['test_accuracy']:.2f}% in {result['train_seconds']:.0f} s; results in {exp_dir}")
+        return 0
+    from asr.train import train
+
+    summary = train(config, exp_dir, resume=args.resume)
+    best = summary["best_dev_wer"]
+    best_text = f"best dev WER {100 * best:.2f}%" if best is not None else "no dev set"
+    print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s, {best_text}; model in {exp_dir / 'model'}")
+    return 0
+
+
+def _beam(args, recognizer) -> int:
+    width = args.beam_width if args.beam_width is not None else recognizer.config.decode.beam_width
+    if width < 1:
+        from asr.errors import ConfigError
+
+        raise ConfigError(f"--beam-width {width}: expected 1 (greedy) or more")
+    return width
+
+
+def cmd_transcribe(args) -> int:
+    from asr.inference import Recognizer
+
+    recognizer = Recognizer(args.model_dir)
+    texts = recognizer.transcribe(args.audio, beam_width=_beam(args, recognizer))
+    for path, text in zip(args.audio, texts):
+        print(json.dumps({"audio_filepath": path, "text": text}) if args.json else text)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from asr import evaluate
+    from asr.data import read_manifest
+    from asr.inference import Recognizer, evaluate_manifest
+
+    recognizer = Recognizer(args.model_dir)
+    utterances = read_manifest(args.manifest)
+    results = evaluate_manifest(recognizer, utterances, beam_width=_beam(args, recognizer))
+    report = evaluate.build_report(results)
+    report_dir = Path(args.report_dir or Path(args.model_dir).resolve().parent / "reports" / Path(args.manifest).stem)
+    command = "asr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = evaluate.write_report(report, report_dir, command=command, model_dir=str(args.model_dir), manifest=str(args.manifest))
+    print(f"{evaluate.summary_line(report)}; report in {Path(paths['markdown']).parent}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    args = _parser().parse_args(argv)
+    from asr.errors import AsrError
+
+    try:
+        return COMMANDS[args.command](args)
+    except AsrError as exc:
+        print(f"asr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"asr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Typed, frozen recipe configuration: one dataclass per section of a recipe's config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr.errors import ConfigError
+
+CELL_TYPES = ("lstm", "gru", "ln_lstm", "ln_gru")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000  # Hz; every file is resampled to this rate
+    n_mfcc: int = 13  # cepstral coefficients per frame
+    n_mels: int = 40  # mel bands before the DCT
+    win_ms: float = 25.0  # analysis window, milliseconds
+    hop_ms: float = 10.0  # frame shift, milliseconds
+    fmin: float = 20.0  # lowest mel band edge, Hz
+    fmax: float | None = None  # highest mel band edge, Hz; None = sample_rate / 2
+    deltas: bool = True  # append delta and delta-delta coefficients (3 * n_mfcc values)
+    normalization: str = "global"  # "global": training-set mean/std saved with the model; "utterance"
+
+    @property
+    def num_features(self) -> int:
+        return self.n_mfcc * (3 if self.deltas else 1)
+
+    def validate(self) -> None:
+        _check(self.normalization in ("global", "utterance"), "features.normalization", "'global' or 'utterance'")
+        _check(self.sample_rate > 0 and self.n_mfcc > 0 and self.n_mels >= self.n_mfcc, "features", "positive sizes with n_mels >= n_mfcc")
+        _check(0 < self.hop_ms <= self.win_ms, "features.hop_ms", "0 < hop_ms <= win_ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    alphabet: str = " abcdefghijklmnopqrstuvwxyz'"  # output symbols; the CTC blank is added at index 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "librispeech"  # "librispeech" (a LibriSpeech tree), "manifest" (your JSONL files) or "mnist"
+    data_dir: str = ""  # corpus root; empty = download into exp_dir/data (--data-dir overrides)
+    subsets: tuple[str, ...] = ("train-clean-5",)  # LibriSpeech subsets to train on
+    dev_speakers: tuple[str, ...] = ()  # speakers held out of training and used as the dev set
+    train_manifest: str = ""  # corpus "manifest": JSONL manifests (relative to data_dir)
+    dev_manifest: str = ""
+    max_duration: float = 20.0  # seconds; longer utterances are skipped and counted
+    batch_size: int = 16  # utterances per batch
+    bucket_width: float = 1.0  # seconds; utterances of similar duration are batched together
+    num_parallel_calls: int = 2  # feature-loading workers
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "ln_lstm"  # lstm, gru, ln_lstm or ln_gru
+    num_layers: int = 3  # stacked (bidirectional) recurrent layers
+    num_units: int = 256  # units per direction
+    bidirectional: bool = True
+    input_keep_prob: float = 1.0  # DropoutWrapper keep probability on each layer's input
+    output_keep_prob: float = 1.0  # ... and on each layer's output
+    frame_stack: int = 1  # consecutive feature frames concatenated into one model step
+    frame_stride: int = 1  # model steps advance by this many feature frames
+
+    def validate(self) -> None:
+        _check(self.cell in CELL_TYPES, "model.cell", f"one of {', '.join(CELL_TYPES)}")
+        _check(self.num_layers >= 1 and self.num_units >= 1, "model.num_layers", "at least 1 layer of at least 1 unit")
+        for key in ("input_keep_prob", "output_keep_prob"):
+            _check(0.0 < getattr(self, key) <= 1.0, f"model.{key}", "a keep probability in (0, 1]")
+        _check(self.frame_stack >= 1 and self.frame_stride >= 1, "model.frame_stack", "frame_stack and frame_stride >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # passes over the training set
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+    learning_rate: float = 1e-3  # peak Adam learning rate
+    warmup_steps: int = 200  # linear warm-up from 0 to learning_rate
+    decay_steps: int = 0  # cosine decay to lr_floor over this many steps after warm-up (0 = constant)
+    lr_floor: float = 0.05  # final learning rate as a fraction of the peak
+    clip_norm: float = 5.0  # global gradient-norm clipping
+    checkpoint_every: int = 500  # steps between checkpoints (and at every epoch's end)
+    patience: int = 0  # early stopping: epochs without dev-WER improvement (0 = never stop early)
+    seed: int = 1234  # weights, dropout and shuffling
+    strategy: str = "default"  # "default", "mirrored" (several GPUs) or "multi_worker" (several machines)
+    log_every: int = 20  # steps between TensorBoard scalars
+
+    def validate(self) -> None:
+        _check(self.strategy in ("default", "mirrored", "multi_worker"), "train.strategy", "default, mirrored or multi_worker")
+        _check(self.learning_rate > 0 and self.clip_norm > 0, "train.learning_rate", "positive learning_rate and clip_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    beam_width: int = 1  # 1 = greedy; more = CTC prefix beam search
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "recipe"  # recipe name, for logs
+    task: str = "ctc"  # "ctc" (speech) or "classify" (MNIST sanity check)
+    features: FeatureConfig = FeatureConfig()
+    text: TextConfig = TextConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+
+    def validate(self) -> "Config":
+        _check(self.task in ("ctc", "classify"), "task", "'ctc' or 'classify'")
+        for section in (self.features, self.model, self.train):
+            section.validate()
+        _check(len(set(self.text.alphabet)) == len(self.text.alphabet), "text.alphabet", "distinct characters")
+        return self
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def _check(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}")
+
+
+def to_dict(config: Config) -> dict:
+    """A plain dict (JSON/YAML-safe) of the whole config."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(data: dict, where: str = "config") -> Config:
+    """Builds a validated Config; an unknown key or a wrongly typed value is a ConfigError naming it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    return _build(Config, data, prefix="").validate()
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{name}' (known: {', '.join(sorted(fields))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{name}': expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(hint, value, prefix=f"{name}.")
+        else:
+            kwargs[key] = _coerce(value, hint, name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _coerce(value, hint, name)
+    if origin is tuple:
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{name}': expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{name}': expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{name}': expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{name}': expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{name}': expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"config key '{name}': unsupported type {hint}")
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """["model.num_units=128", ...] -> nested dict; values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(recipe_dir: str | Path, overrides: list[str] = ()) -> Config:
+    """Reads RECIPE_DIR/config.yaml, applies --set overrides and validates the result."""
+    path = Path(recipe_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such recipe config (a recipe is a folder with config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    data = _merge(data, parse_overrides(list(overrides)))
+    try:
+        return from_dict(data, where=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

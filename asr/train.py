@@ -1,0 +1,435 @@
+"""Training a CTC acoustic model: data preparation, the training loop, checkpoints, dev evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from asr import checkpoint, ctc, evaluate
+from asr.config import Config
+from asr.data import make_dataset, read_manifest
+from asr.features import FeatureStats, compute_stats
+from asr.model import AcousticModel, output_lengths
+from asr.text import Vocabulary
+
+log = logging.getLogger("asr.train")
+NUM_EXAMPLES = 3  # dev transcripts printed at each epoch's end
+
+
+def feature_cache_dir() -> Path:
+    """Where computed features are cached across runs ($ASR_CACHE_DIR, else ~/.cache/asr/features)."""
+    return Path(os.environ.get("ASR_CACHE_DIR", Path.home() / ".cache" / "asr" / "features"))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(config: Config, exp_dir: Path):
+    """The recipe's corpus -> (train utterances, dev utterances)."""
+    data = config.data
+    if data.corpus == "manifest":
+        root = Path(data.data_dir or ".")
+        if not data.train_manifest:
+            raise_config("data.train_manifest", "a JSONL manifest when data.corpus is 'manifest'")
+        dev = read_manifest(root / data.dev_manifest) if data.dev_manifest else []
+        return read_manifest(root / data.train_manifest), dev
+    if data.corpus != "librispeech":
+        raise_config("data.corpus", "'librispeech' or 'manifest' for a CTC recipe")
+    from data_scripts import librispeech
+
+    root = Path(data.data_dir) if data.data_dir else exp_dir / "corpus"
+    if not data.data_dir:
+        librispeech.download_subsets(root, data.subsets)
+    train_path, dev_path = librispeech.prepare_librispeech(
+        root, exp_dir / "data", data.subsets, dev_speakers=data.dev_speakers, alphabet=config.text.alphabet
+    )
+    return read_manifest(train_path), read_manifest(dev_path) if data.dev_speakers else []
+
+
+def raise_config(key: str, expected: str):
+    from asr.errors import ConfigError
+
+    raise ConfigError(f"config key '{key}': expected {expected}")
+
+
+def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | None:
+    """Global mean/std over the training set (computed once, kept in exp_dir)."""
+    if config.features.normalization != "global":
+        return None
+    path = exp_dir / "stats.json"
+    if path.is_file():
+        return FeatureStats.load(path)
+    log.info("computing feature statistics over %d training utterances", len(train_utts))
+    stats = compute_stats([u.audio_filepath for u in train_utts], config.features, cache_dir=feature_cache_dir())
+    stats.save(path)
+    return stats
+
+
+def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int = 0, start_batch: int = 0):
+    dataset, skipped = make_dataset(
+        utts,
+        vocab,
+        config.features,
+        stats,
+        batch_size=config.data.batch_size,
+        bucket_width=config.data.bucket_width,
+        training=training,
+        seed=config.train.seed,
+        epoch=epoch,
+        cache_dir=feature_cache_dir(),
+        output_length_fn=lambda frames: output_lengths(frames, config.model.frame_stride),
+        max_duration=config.data.max_duration if training else None,
+        num_parallel_calls=config.data.num_parallel_calls,
+        start_batch=start_batch,
+    )
+    return dataset, skipped
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to peak * floor over `decay_steps` (0 = constant)."""
+
+    def __init__(self, peak: float, warmup_steps: int, decay_steps: int, floor: float):
+        self.peak, self.warmup_steps, self.decay_steps, self.floor = peak, warmup_steps, decay_steps, floor
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32) + 1.0
+        warm = tf.minimum(1.0, step / max(self.warmup_steps, 1))
+        if self.decay_steps <= 0:
+            return self.peak * warm
+        progress = tf.clip_by_value((step - self.warmup_steps) / self.decay_steps, 0.0, 1.0)
+        cosine = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return self.peak * warm * cosine
+
+    def get_config(self):
+        return dict(peak=self.peak, warmup_steps=self.warmup_steps, decay_steps=self.decay_steps, floor=self.floor)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config: Config, vocab: Vocabulary) -> AcousticModel:
+    model = AcousticModel(config.model, config.features.num_features, vocab.size, seed=config.train.seed)
+    model.build_weights()
+    return model
+
+
+def make_optimizer(config: Config, model) -> keras.optimizers.Optimizer:
+    t = config.train
+    schedule = WarmupCosine(t.learning_rate, t.warmup_steps, t.decay_steps, t.lr_floor)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=t.clip_norm)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def compute_loss(model, batch, training: bool):
+    """Per-utterance CTC loss [B] on true lengths, and the logits [B, T', V] with their lengths [B]."""
+    logits, lengths = model(batch["features"], batch["feature_lengths"], training=training)
+    losses = ctc.ctc_loss(batch["labels"], batch["label_lengths"], logits, lengths)
+    return losses, logits, lengths
+
+
+class Steps:
+    """The compiled training and evaluation steps of one model under one tf.distribute strategy.
+
+    A step is split in two functions, gradients then update, so that a batch whose loss or
+    gradients are not finite is skipped without touching the weights or the optimizer's state.
+    """
+
+    def __init__(self, model, optimizer, strategy):
+        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self._grads = tf.function(self._grads_fn, reduce_retracing=True)
+        self._apply = tf.function(self._apply_fn, reduce_retracing=True)
+        self._eval = tf.function(self._eval_fn, reduce_retracing=True)
+
+    def _replica_grads(self, batch):
+        ctx = tf.distribute.get_replica_context()
+        local = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
+        global_batch = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        with tf.GradientTape() as tape:
+            losses, _, _ = compute_loss(self.model, batch, training=True)
+            loss = tf.reduce_sum(losses) / global_batch
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(losses)))
+        return grads, losses, tf.cast(finite, tf.float32)
+
+    def _grads_fn(self, batch):
+        return self.strategy.run(self._replica_grads, args=(batch,))
+
+    def _apply_fn(self, grads):
+        def replica_apply(grads):
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+
+        self.strategy.run(replica_apply, args=(grads,))
+
+    def _eval_fn(self, batch):
+        def replica_eval(batch):
+            losses, logits, lengths = compute_loss(self.model, batch, training=False)
+            return losses, tf.nn.log_softmax(logits), lengths
+
+        return self.strategy.run(replica_eval, args=(batch,))
+
+    def _local(self, value):
+        return [t.numpy() for t in self.strategy.experimental_local_results(value)]
+
+    def train_step(self, batch) -> tuple[np.ndarray, bool]:
+        """One update; returns the per-utterance losses and whether the batch was applied."""
+        grads, losses, finite = self._grads(batch)
+        ok = min(float(f) for f in self._local(finite)) > 0.5
+        if ok:
+            self._apply(grads)
+        return np.concatenate(self._local(losses)), ok
+
+    def eval_step(self, batch):
+        """Per-utterance losses [B], log-probabilities [B, T', V] and output lengths [B] (numpy)."""
+        losses, logp, lengths = self._eval(batch)
+        logp_parts, len_parts = self._local(logp), self._local(lengths)
+        width = max(p.shape[1] for p in logp_parts)
+        logp = np.concatenate([np.pad(p, [(0, 0), (0, width - p.shape[1]), (0, 0)]) for p in logp_parts])
+        return np.concatenate(self._local(losses)), logp, np.concatenate(len_parts)
+
+
+def batch_ids(strategy, batch) -> list[str]:
+    return [i.decode() for part in strategy.experimental_local_results(batch["ids"]) for i in part.numpy()]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def decode_dataset(steps: Steps, dataset, vocab: Vocabulary, utts_by_id: dict, beam_width: int = 1):
+    """Runs the model over a dataset -> (mean loss, list of result dicts for evaluate.build_report)."""
+    results, losses = [], []
+    for batch in dataset:
+        ids = batch_ids(steps.strategy, batch)
+        loss, logp, lengths = steps.eval_step(batch)
+        if beam_width > 1:
+            hyps = ctc.beam_search_decode(logp, lengths, beam_width=beam_width)
+        else:
+            hyps = ctc.greedy_decode(logp, lengths)
+        losses.extend(loss.tolist())
+        for utt_id, hyp in zip(ids, hyps):
+            utt = utts_by_id[utt_id]
+            results.append(
+                dict(id=utt_id, reference=utt.text, hypothesis=vocab.decode(hyp), speaker=utt.speaker, duration=utt.duration)
+            )
+    finite = [x for x in losses if math.isfinite(x)]
+    return (float(np.mean(finite)) if finite else float("nan")), results
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int = 0  # optimizer updates applied
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    best_wer: float = float("inf")
+    epochs_without_improvement: int = 0
+    skipped_batches: int = 0  # batches skipped for a non-finite loss or gradient
+    history: list = dataclasses.field(default_factory=list)  # per-epoch dev results
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["best_wer"] = None if math.isinf(self.best_wer) else self.best_wer
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainState":
+        d = dict(d)
+        d["best_wer"] = float("inf") if d.get("best_wer") is None else d["best_wer"]
+        return cls(**d)
+
+
+class Trainer:
+    """Owns one run: model, optimizer, data and state; `run()` trains until done."""
+
+    def __init__(self, config: Config, exp_dir: Path, resume: bool = False):
+        self.exp_dir = Path(exp_dir)
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_root = self.exp_dir / "checkpoints"
+        latest = checkpoint.latest_checkpoint(self.ckpt_root) if resume else None
+        if latest is not None:
+            check_resumable(checkpoint.read_model_meta(latest)[0], config, latest)
+        elif resume:
+            log.info("no checkpoint in %s: starting a new run", self.ckpt_root)
+        self.config = config
+        keras.utils.set_random_seed(config.train.seed)
+        self.vocab = Vocabulary(config.text.alphabet)
+        self.train_utts, self.dev_utts = prepare_data(config, self.exp_dir)
+        self.stats = feature_stats(config, self.train_utts, self.exp_dir)
+        self.strategy = make_strategy(config.train.strategy)
+        with self.strategy.scope():
+            self.model = build_model(config, self.vocab)
+            self.optimizer = make_optimizer(config, self.model)
+        self.steps = Steps(self.model, self.optimizer, self.strategy)
+        self.state = TrainState()
+        if latest is not None:
+            self.state = TrainState.from_json(checkpoint.restore_checkpoint(latest, self.model, self.optimizer))
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", latest.name, self.state.step, self.state.epoch + 1, self.state.batch_in_epoch)
+        self.writer = tf.summary.create_file_writer(str(self.exp_dir / "tensorboard"))
+        self.dev_by_id = {u.id: u for u in self.dev_utts}
+        self._save_config()
+
+    def _save_config(self) -> None:
+        from asr.config import to_dict
+
+        (self.exp_dir / "config.json").write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
+
+    def save(self) -> None:
+        checkpoint.save_checkpoint(
+            self.ckpt_root, self.model, self.optimizer, self.state.to_json(), self.config, self.vocab, self.stats
+        )
+
+    def done(self) -> bool:
+        t = self.config.train
+        return (t.max_steps and self.state.step >= t.max_steps) or self.state.epoch >= t.epochs
+
+    def run(self) -> dict:
+        log.info(
+            "model: %s, %d parameters; %d training and %d dev utterances",
+            self.config.model.cell, self.model.num_parameters(), len(self.train_utts), len(self.dev_utts),
+        )
+        start = time.time()
+        while not self.done():
+            stopped_early = self.train_one_epoch()
+            if stopped_early:
+                break
+        self.save()
+        if not (self.exp_dir / "model").exists():
+            checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+        summary = dict(steps=self.state.step, train_seconds=round(time.time() - start, 1), best_dev_wer=self.state.to_json()["best_wer"], skipped_batches=self.state.skipped_batches, history=self.state.history)
+        (self.exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def train_one_epoch(self) -> bool:
+        """Trains over the rest of the current epoch; returns True when early stopping fires."""
+        start = self.state.batch_in_epoch
+        dataset, skipped = build_dataset(self.config, self.train_utts, self.vocab, self.stats, True, self.state.epoch, start)
+        if start == 0 and skipped:
+            log.info("epoch %d: %d utterances filtered out: %s", self.state.epoch + 1, len(skipped), format_skipped(skipped))
+        total = start + int(dataset.cardinality())
+        dist = self.strategy.experimental_distribute_dataset(dataset)
+        bar = tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}", unit="batch", dynamic_ncols=True)
+        for batch in dist:
+            self._train_batch(batch, bar)
+            if self.config.train.max_steps and self.state.step >= self.config.train.max_steps:
+                break
+        bar.close()
+        if self.config.train.max_steps and self.state.step >= self.config.train.max_steps and self.state.batch_in_epoch < (total or 0):
+            return False  # stopped mid-epoch on max_steps: no epoch-end evaluation
+        return self.end_epoch()
+
+    def _train_batch(self, batch, bar) -> None:
+        losses, applied = self.steps.train_step(batch)
+        self.state.batch_in_epoch += 1
+        if applied:
+            self.state.step += 1
+        else:
+            self.state.skipped_batches += 1
+            bad = [i for i, x in zip(batch_ids(self.strategy, batch), losses) if not math.isfinite(x)]
+            log.warning("skipped a batch with a non-finite loss or gradient (utterances: %s)", ", ".join(bad) or "gradient only")
+        lr = float(self.optimizer.learning_rate)
+        bar.set_postfix(loss=f"{np.nanmean(np.where(np.isfinite(losses), losses, np.nan)):.2f}", lr=f"{lr:.1e}", step=self.state.step)
+        bar.update(1)
+        if applied and self.state.step % self.config.train.log_every == 0:
+            with self.writer.as_default(step=self.state.step):
+                tf.summary.scalar("train/loss", float(np.mean(losses)))
+                tf.summary.scalar("train/learning_rate", lr)
+        if applied and self.state.step % self.config.train.checkpoint_every == 0:
+            self.save()
+
+    def end_epoch(self) -> bool:
+        """Dev evaluation, best-model export, checkpoint; returns True when early stopping fires."""
+        epoch = self.state.epoch + 1
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        stop = False
+        if self.dev_utts:
+            record = self.evaluate_dev(epoch)
+            if record["wer"] < self.state.best_wer:
+                self.state.best_wer = record["wer"]
+                self.state.epochs_without_improvement = 0
+                checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+                log.info("new best dev WER: model saved to %s", self.exp_dir / "model")
+            else:
+                self.state.epochs_without_improvement += 1
+                patience = self.config.train.patience
+                stop = bool(patience) and self.state.epochs_without_improvement >= patience
+                if stop:
+                    log.info("early stopping: no dev WER improvement for %d epochs", patience)
+        else:
+            checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+        self.save()
+        return stop
+
+    def evaluate_dev(self, epoch: int) -> dict:
+        dataset, _ = build_dataset(self.config, self.dev_utts, self.vocab, self.stats, training=False)
+        dev_loss, results = decode_dataset(self.steps, self.strategy.experimental_distribute_dataset(dataset), self.vocab, self.dev_by_id)
+        rates = evaluate.error_rates([r["reference"] for r in results], [r["hypothesis"] for r in results])
+        record = dict(epoch=epoch, step=self.state.step, loss=dev_loss, wer=rates["wer"], cer=rates["cer"], minutes=None)
+        self.state.history.append(record)
+        with self.writer.as_default(step=self.state.step):
+            for key in ("loss", "wer", "cer"):
+                tf.summary.scalar(f"dev/{key}", record[key])
+        log.info("epoch %d step %d: dev loss %.3f WER %.2f%% CER %.2f%%", epoch, self.state.step, dev_loss, 100 * rates["wer"], 100 * rates["cer"])
+        for r in results[:NUM_EXAMPLES]:
+            log.info("  %s\n    ref: %s\n    hyp: %s", r["id"], r["reference"], r["hypothesis"])
+        return record
+
+
+def check_resumable(saved: Config, config: Config, path: Path) -> None:
+    """A run resumes with the recipe given now (more epochs, another learning rate...), but the
+    sections that shape the weights, features and labels must be those of the checkpoint."""
+    from asr.errors import ConfigError
+
+    for section in ("features", "text", "model", "task"):
+        if getattr(saved, section) != getattr(config, section):
+            raise ConfigError(
+                f"cannot resume from {path}: config section '{section}' differs from the checkpoint's "
+                f"(use another --exp-dir for a new model)"
+            )
+
+
+def format_skipped(skipped, most: int = 10) -> str:
+    shown = ", ".join(f"{i} ({why})" for i, why in skipped[:most])
+    return shown + (f" and {len(skipped) - most} more" if len(skipped) > most else "")
+
+
+def setup_logging(exp_dir: Path) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger("asr")
+    root.setLevel(logging.INFO)
+    if not root.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for handler in (logging.StreamHandler(), logging.FileHandler(exp_dir / "train.log")):
+            handler.setFormatter(fmt)
+            root.addHandler(handler)
+
+
+def train(config: Config, exp_dir: str | Path, resume: bool = False) -> dict:
+    """Trains the recipe's model in exp_dir (checkpoints/, model/, tensorboard/, train.log)."""
+    exp_dir = Path(exp_dir)
+    setup_logging(exp_dir)
+    return Trainer(config, exp_dir, resume=resume).run()

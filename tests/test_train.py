@@ -1,0 +1,153 @@
+"""End to end on real speech: overfit two utterances, CLI train/resume/transcribe/evaluate, MirroredStrategy."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr.cli import main
+from asr.config import from_dict
+
+TRAIN_CLEAN_5 = "LibriSpeech/train-clean-5"
+UTTERANCES = {  # id -> (relative path, transcript): short real utterances
+    "1737-146161-0007": ("1737/146161/1737-146161-0007.flac", "knit two together twice"),
+    "1867-154075-0014": ("1867/154075/1867-154075-0014.flac", "you show him that it is possible"),
+    "8629-261139-0007": ("8629/261139/8629-261139-0007.flac", "looked away as soon as possible"),
+    "118-47824-0035": ("118/47824/118-47824-0035.flac", "i don't mind i'm glad you're out of it"),
+}
+
+
+def write_manifest(path: Path, root: Path, ids) -> Path:
+    import soundfile as sf
+
+    with open(path, "w") as f:
+        for utt_id in ids:
+            rel, text = UTTERANCES[utt_id]
+            audio = root / TRAIN_CLEAN_5 / rel
+            f.write(json.dumps({"audio_filepath": str(audio), "duration": sf.info(audio).duration, "text": text, "speaker": utt_id.split("-")[0], "id": utt_id}) + "\n")
+    return path
+
+
+def recipe(tmp_path: Path, root: Path, ids, **sections) -> Path:
+    """A small recipe folder training on the given utterances (also the dev set)."""
+    write_manifest(tmp_path / "train.jsonl", root, ids)
+    config = {
+        "name": "tiny",
+        "data": {"corpus": "manifest", "data_dir": str(tmp_path), "train_manifest": "train.jsonl", "dev_manifest": "train.jsonl", "batch_size": 2},
+        "model": {"cell": "ln_lstm", "num_layers": 2, "num_units": 96, "frame_stack": 3, "frame_stride": 2},
+        "train": {"learning_rate": 0.003, "warmup_steps": 10, "epochs": 1000, "checkpoint_every": 5, "seed": 7},
+    }
+    for key, values in sections.items():
+        config[key].update(values)
+    folder = tmp_path / "recipe"
+    folder.mkdir(exist_ok=True)
+    import yaml
+
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.mark.slow
+def test_overfit_two_utterances(tmp_path, librispeech_root, monkeypatch):
+    """LDC93S1-style check: the model learns two real utterances until greedy decoding is exact."""
+    from asr.config import load_recipe
+    from asr.train import Trainer, build_dataset, decode_dataset
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    ids = ["1737-146161-0007", "1867-154075-0014"]
+    config = load_recipe(recipe(tmp_path, librispeech_root, ids))
+    trainer = Trainer(config, tmp_path / "exp")
+    dataset, skipped = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
+    assert not skipped
+    batch = next(iter(dataset))
+    hyps = []
+    for step in range(1, 501):
+        trainer.steps.train_step(batch)
+        if step % 25 == 0:
+            _, results = decode_dataset(trainer.steps, dataset, trainer.vocab, trainer.dev_by_id)
+            hyps = sorted((r["id"], r["hypothesis"]) for r in results)
+            if all(h == UTTERANCES[i][1] for i, h in hyps):
+                break
+    assert [h for _, h in hyps] == [UTTERANCES[i][1] for i in ids], f"not learned after {step} steps: {hyps}"
+
+
+def test_cli_train_resume_transcribe_evaluate(tmp_path, librispeech_root, monkeypatch, capsys):
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    ids = list(UTTERANCES)
+    folder = recipe(tmp_path, librispeech_root, ids, model={"num_units": 16, "num_layers": 1})
+    exp = tmp_path / "exp"
+    assert main(["train", str(folder), "--exp-dir", str(exp), "--set", "train.max_steps=3"]) == 0
+    assert (exp / "checkpoints" / "latest").read_text().strip() == "ckpt-00000003"
+    state = json.loads((exp / "checkpoints" / "ckpt-00000003" / "state.json").read_text())
+    assert state["step"] == 3 and state["batch_in_epoch"] == 1 and state["epoch"] == 1
+
+    # Resume continues the run from its checkpoint, with its saved data position.
+    assert main(["train", str(folder), "--exp-dir", str(exp), "--resume", "--set", "train.max_steps=5"]) == 0
+    log = (exp / "train.log").read_text()
+    assert "resumed from ckpt-00000003 at step 3" in log
+    state = json.loads((exp / "checkpoints" / (exp / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
+    assert state["step"] >= 5
+
+    model_dir = exp / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "stats.json", "vocab.json", "weights.npz"]
+    capsys.readouterr()
+    audio = [str(librispeech_root / TRAIN_CLEAN_5 / UTTERANCES[i][0]) for i in ids[:2]]
+    assert main(["transcribe", str(model_dir), *audio, "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["audio_filepath"] for line in lines] == audio
+
+    report_dir = tmp_path / "report"
+    assert main(["evaluate", str(model_dir), str(tmp_path / "train.jsonl"), "--report-dir", str(report_dir), "--beam-width", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "WER" in out and "CER" in out
+    report = json.loads((report_dir / "report.json").read_text())
+    assert len(report["utterances"]) == len(ids)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("model:\n  layers: 3\n")
+    assert main(["train", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown config key 'model.layers'" in err
+    assert main(["transcribe", str(tmp_path / "nomodel"), "x.wav"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nomodel" in err
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from asr.config import load_recipe
+    from asr.train import Trainer, build_dataset
+    config = load_recipe(sys.argv[1], ["train.strategy=" + sys.argv[2]])
+    trainer = Trainer(config, sys.argv[3])
+    dataset, _ = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
+    dist = trainer.strategy.experimental_distribute_dataset(dataset)
+    losses = []
+    for _ in range(3):
+        for batch in dist:
+            loss, ok = trainer.steps.train_step(batch)
+            losses.append(sorted(float(x) for x in loss))
+    print(json.dumps({"replicas": trainer.strategy.num_replicas_in_sync, "losses": losses}))
+    """
+)
+
+
+def test_mirrored_strategy_matches_one_device(tmp_path, librispeech_root):
+    folder = recipe(tmp_path, librispeech_root, list(UTTERANCES), model={"num_units": 16, "num_layers": 1}, data={"batch_size": 4})
+    env = dict(os.environ, ASR_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
+    results = {}
+    for strategy in ("default", "mirrored"):
+        proc = subprocess.run([sys.executable, "-c", MIRRORED, str(folder), strategy, str(tmp_path / strategy)], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[strategy] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["mirrored"]["replicas"] == 2 and results["default"]["replicas"] == 1
+    np.testing.assert_allclose(results["mirrored"]["losses"], results["default"]["losses"], rtol=1e-4)
