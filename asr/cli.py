@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except AsrError as exc:
         print(f"asr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an AsrError raised inside the tf.data pipeline arrives wrapped by TensorFlow
+        wrapped = re.search(r"(?:AudioError|DataError|ConfigError): ([^\n]+)", str(exc))
+        if wrapped is None or not type(exc).__module__.startswith("tensorflow"):
+            raise
+        print(f"asr {args.command}: error: {wrapped.group(1).strip()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"asr {args.command}: interrupted", file=sys.stderr)

@@ -248,6 +248,7 @@ class TrainState:
     best_wer: float = float("inf")
     epochs_without_improvement: int = 0
     skipped_batches: int = 0  # batches skipped for a non-finite loss or gradient
+    train_seconds: float = 0.0  # wall time spent in training steps and dev evaluation, over all resumes
     history: list = dataclasses.field(default_factory=list)  # per-epoch dev results
 
     def to_json(self) -> dict:
@@ -332,8 +333,11 @@ class Trainer:
         total = start + int(dataset.cardinality())
         dist = self.strategy.experimental_distribute_dataset(dataset)
         bar = tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}", unit="batch", dynamic_ncols=True)
+        tick = time.time()
         for batch in dist:
             self._train_batch(batch, bar)
+            self.state.train_seconds += time.time() - tick
+            tick = time.time()
             if self.config.train.max_steps and self.state.step >= self.config.train.max_steps:
                 break
         bar.close()
@@ -385,15 +389,17 @@ class Trainer:
         return stop
 
     def evaluate_dev(self, epoch: int) -> dict:
+        tick = time.time()
         dataset, _ = build_dataset(self.config, self.dev_utts, self.vocab, self.stats, training=False)
         dev_loss, results = decode_dataset(self.steps, self.strategy.experimental_distribute_dataset(dataset), self.vocab, self.dev_by_id)
         rates = evaluate.error_rates([r["reference"] for r in results], [r["hypothesis"] for r in results])
-        record = dict(epoch=epoch, step=self.state.step, loss=dev_loss, wer=rates["wer"], cer=rates["cer"], minutes=None)
+        self.state.train_seconds += time.time() - tick
+        record = dict(epoch=epoch, step=self.state.step, loss=dev_loss, wer=rates["wer"], cer=rates["cer"], minutes=round(self.state.train_seconds / 60, 2))
         self.state.history.append(record)
         with self.writer.as_default(step=self.state.step):
             for key in ("loss", "wer", "cer"):
                 tf.summary.scalar(f"dev/{key}", record[key])
-        log.info("epoch %d step %d: dev loss %.3f WER %.2f%% CER %.2f%%", epoch, self.state.step, dev_loss, 100 * rates["wer"], 100 * rates["cer"])
+        log.info("epoch %d step %d (%.1f min): dev loss %.3f WER %.2f%% CER %.2f%%", epoch, self.state.step, record["minutes"], dev_loss, 100 * rates["wer"], 100 * rates["cer"])
         for r in results[:NUM_EXAMPLES]:
             log.info("  %s\n    ref: %s\n    hyp: %s", r["id"], r["reference"], r["hypothesis"])
         return record

@@ -1,0 +1,232 @@
+"""CTC loss and decoders (greedy, prefix beam search) over batch-major logits with blank = 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+BLANK = 0  # the CTC blank's index in every vocabulary (asr.text adds it at 0)
+CHAR_PRUNE_PROB = 1e-3  # beam search: a label below this frame probability never extends a prefix
+
+
+def ctc_loss(labels, label_lengths, logits, logit_lengths, blank: int = BLANK) -> tf.Tensor:
+    """Per-utterance CTC negative log-likelihood, [B] float32.
+
+    labels: [B, L] int, padded past label_lengths [B] (any padding value);
+    logits: [B, T, V] unnormalized scores (batch-major), padded past logit_lengths [B].
+    Padded frames and padded labels never count: both lengths go to tf.nn.ctc_loss. An utterance
+    whose labels cannot fit in its frames (L + its repeated neighbours > T) gets a loss of about
+    700, tf's finite stand-in for -log 0, not inf: the data pipeline must drop such utterances.
+    """
+    labels = tf.convert_to_tensor(labels, tf.int32)
+    label_lengths = tf.convert_to_tensor(label_lengths, tf.int32)
+    # Padding values may be -1 or anything else: replace them with a valid id so that no
+    # one-hot or gather inside the loss ever sees an out-of-range index.
+    valid = tf.sequence_mask(label_lengths, tf.shape(labels)[1])
+    labels = tf.where(valid, labels, tf.zeros_like(labels))
+    return tf.nn.ctc_loss(
+        labels=labels,
+        logits=tf.cast(logits, tf.float32),  # mixed-precision logits: the recursion needs float32
+        label_length=label_lengths,
+        logit_length=tf.convert_to_tensor(logit_lengths, tf.int32),
+        logits_time_major=False,
+        blank_index=blank,
+    )
+
+
+def greedy_decode(logits, lengths, blank: int = BLANK) -> list[list[int]]:
+    """Best-path decoding: argmax per frame, merge repeats, drop blanks.
+
+    logits: [B, T, V] (tf tensor or numpy; log-probabilities or raw scores alike), lengths: [B]
+    valid frames per utterance; frames past a length are ignored. Returns B label-id lists.
+    """
+    logits, lengths = _as_numpy(logits, lengths)
+    best = logits.argmax(axis=-1)  # [B, T]
+    # A label is emitted where it differs from the previous frame's (repeats merge) and is no blank.
+    previous = np.concatenate([np.full_like(best[:, :1], -1), best[:, :-1]], axis=1)
+    in_length = np.arange(best.shape[1])[None, :] < lengths[:, None]
+    emit = (best != previous) & (best != blank) & in_length
+    return [row[keep].tolist() for row, keep in zip(best, emit)]
+
+
+def beam_search_decode(
+    logits, lengths, beam_width: int = 8, blank: int = BLANK, prune_prob: float = CHAR_PRUNE_PROB
+) -> list[list[int]]:
+    """CTC prefix beam search: the label sequence with the highest summed alignment probability.
+
+    logits: [B, T, V] unnormalized scores (tf tensor or numpy), lengths: [B] valid frames.
+    Each prefix keeps two log-probabilities (ending in blank / in its last label) so that
+    "a a" (two labels) and "aa" (one) are told apart. Per frame only the beam_width + 1 most
+    probable labels above prune_prob extend a prefix (0 disables the threshold). The final
+    beams and the greedy path are rescored exactly, so the result is never less probable
+    than greedy decoding's. Returns B label-id lists.
+    """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
+    logits, lengths = _as_numpy(logits, lengths)
+    log_probs = _log_softmax(logits.astype(np.float64))  # float64: sums over hundreds of frames
+    greedy = greedy_decode(log_probs, lengths, blank)
+    log_prune = np.log(prune_prob) if prune_prob > 0 else -np.inf
+    decoded = []
+    for utterance, length, best_path in zip(log_probs, lengths, greedy):
+        beams = _prefix_beam_search(utterance[:length], beam_width, blank, log_prune)
+        decoded.append(_most_probable(utterance[:length], beams + [best_path], blank))
+    return decoded
+
+
+def _as_numpy(logits, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """Checks shapes ([B, T, V] and [B], lengths within T) and returns numpy arrays."""
+    logits = np.asarray(logits)
+    lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, time, vocab], got shape {logits.shape}")
+    if lengths.shape[0] != logits.shape[0]:
+        raise ValueError(f"{lengths.shape[0]} lengths for a batch of {logits.shape[0]}")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > logits.shape[1]):
+        raise ValueError(f"lengths must lie in [0, {logits.shape[1]}], got {lengths.tolist()}")
+    return logits, lengths
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class _PrefixTree:
+    """Label prefixes as integer nodes (0 = empty prefix): equal prefixes share one node id,
+    so beams that reach the same prefix by different paths merge by id, in O(1) per extension."""
+
+    def __init__(self) -> None:
+        self.parent = [-1]
+        self.last = [-1]  # the prefix's last label; -1 for the empty prefix
+        self._children: dict[tuple[int, int], int] = {}
+
+    def child(self, node: int, label: int) -> int:
+        """The node of prefix(node) + [label], created on first use."""
+        key = (node, label)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = len(self.parent)
+            self.parent.append(node)
+            self.last.append(label)
+        return found
+
+    def labels(self, node: int) -> list[int]:
+        out = []
+        while node > 0:
+            out.append(self.last[node])
+            node = self.parent[node]
+        return out[::-1]
+
+
+def _prefix_beam_search(log_probs: np.ndarray, beam_width: int, blank: int, log_prune: float) -> list[list[int]]:
+    """Decodes one utterance. log_probs: [T, V] log-softmax, valid frames only.
+
+    Returns the final beams' label sequences (their beam scores are lower bounds: paths through
+    pruned prefixes are lost, which is why the caller rescores them exactly).
+    """
+    tree = _PrefixTree()
+    # The beam: prefix node ids, their last labels, log P(prefix, ends in blank / in its last label).
+    beam = (np.zeros(1, np.int64), np.full(1, -1), np.zeros(1), np.full(1, -np.inf))
+    for frame, candidates in zip(log_probs, _candidates(log_probs, beam_width, blank, log_prune)):
+        beam = _step(tree, beam, frame, candidates, blank)
+        if len(beam[0]) <= beam_width:  # nothing to prune (a frame no label may extend)
+            continue
+        order = np.argsort(-np.logaddexp(beam[2], beam[3]), kind="stable")[:beam_width]
+        beam = tuple(part[order] for part in beam)
+    return [tree.labels(int(node)) for node in beam[0]]
+
+
+def _candidates(log_probs: np.ndarray, beam_width: int, blank: int, log_prune: float) -> list[np.ndarray]:
+    """Per frame, the labels that may extend a prefix: the beam_width + 1 most probable non-blank
+    labels above the threshold. A less probable label could only enter the beam through a merge:
+    each beam has beam_width better extensions (beam_width + 1 less the one that repeats its last
+    label, which needs a blank first and so may score lower), all ranking above it."""
+    order = np.argsort(-log_probs, axis=1, kind="stable")[:, : beam_width + 2]  # [T, K], blank may be in it
+    keep = (order != blank) & (np.take_along_axis(log_probs, order, axis=1) >= log_prune)
+    return [row[mask][: beam_width + 1] for row, mask in zip(order, keep)]
+
+
+def _step(tree: _PrefixTree, beam: tuple, frame: np.ndarray, candidates: np.ndarray, blank: int) -> tuple:
+    """One frame of the prefix recursion: N beams -> at most 2N merged entries, not yet pruned.
+
+    Exact for the kept beam: every entry that could rank among the N best is produced.
+    """
+    nodes, last, p_blank, p_label = beam
+    total = np.logaddexp(p_blank, p_label)
+    # The prefix stays the same on a blank, or when its last label repeats without a blank between.
+    stay_blank = total + frame[blank]
+    stay_label = np.where(last >= 0, p_label + frame[np.maximum(last, 0)], -np.inf)
+    if candidates.size == 0:
+        return nodes, last, stay_blank, stay_label
+    # A label equal to the prefix's last one starts a new label only after a blank.
+    before = np.where(last[:, None] == candidates[None, :], p_blank[:, None], total[:, None])
+    grown = before + frame[candidates][None, :]  # [N, C]: beam i extended by candidates[j]
+    _merge_extensions_into_beam(tree, nodes, candidates, grown, stay_label)
+    # Fresh prefixes never coincide with one another, so only the N best can survive pruning:
+    # creating tree nodes for just those keeps the Python work per frame at O(N).
+    best = np.argsort(-grown, axis=None, kind="stable")[: len(nodes)]
+    best = best[np.isfinite(grown.ravel()[best])]
+    rows, cols = np.unravel_index(best, grown.shape)
+    children = [tree.child(n, c) for n, c in zip(nodes[rows].tolist(), candidates[cols].tolist())]
+    return (
+        np.concatenate([nodes, np.array(children, np.int64)]),
+        np.concatenate([last, candidates[cols]]),
+        np.concatenate([stay_blank, np.full(len(children), -np.inf)]),
+        np.concatenate([stay_label, grown[rows, cols]]),
+    )
+
+
+def _merge_extensions_into_beam(tree, nodes, candidates, grown, stay_label) -> None:
+    """Where beam i's prefix is beam k's prefix plus candidate j ("ab" = "a" + "b", both in the
+    beam), adds grown[k, j] to stay_label[i] and removes it from grown (in place)."""
+    position = {node: i for i, node in enumerate(nodes.tolist())}
+    column = {label: j for j, label in enumerate(candidates.tolist())}
+    for i, node in enumerate(nodes.tolist()):
+        k, j = position.get(tree.parent[node]), column.get(tree.last[node])
+        if k is not None and j is not None:  # the empty prefix has parent -1: never found
+            stay_label[i] = np.logaddexp(stay_label[i], grown[k, j])
+            grown[k, j] = -np.inf
+
+
+def _most_probable(log_probs: np.ndarray, hypotheses: list[list[int]], blank: int) -> list[int]:
+    """The hypothesis with the highest exact CTC log-probability. log_probs: [T, V] log-softmax."""
+    hypotheses = [list(labels) for labels in dict.fromkeys(map(tuple, hypotheses))]  # greedy is often a beam
+    return hypotheses[int(np.argmax(sequence_log_probs(log_probs, hypotheses, blank)))]
+
+
+def sequence_log_probs(log_probs: np.ndarray, hypotheses: list[list[int]], blank: int = BLANK) -> np.ndarray:
+    """log P(labels | frames) summed over all CTC alignments, for H label sequences at once: [H].
+
+    log_probs: [T, V] log-softmax of one utterance's valid frames. Forward algorithm over each
+    hypothesis' 2L+1 states (blank, label 1, blank, ..., label L, blank), padded to the longest;
+    padding states only ever feed later padding states, so they never reach a real one.
+    """
+    sizes = np.array([2 * len(labels) + 1 for labels in hypotheses])
+    if len(log_probs) == 0:
+        return np.where(sizes == 1, 0.0, -np.inf)
+    states = np.full((len(hypotheses), sizes.max()), blank)
+    for h, labels in enumerate(hypotheses):
+        states[h, 1 : sizes[h] : 2] = labels
+    # A label state may skip the blank before it unless it repeats the label two states back.
+    skip = np.zeros(states.shape)
+    skip[:, 3::2] = states[:, 3::2] != states[:, 1:-2:2]
+    # Probability space with per-frame rescaling (Rabiner): as exact as log space for the
+    # sums that matter, and several times faster than logaddexp on every state.
+    emissions = np.exp(log_probs)[:, states]  # [T, H, S]
+    alpha = np.zeros(states.shape)
+    alpha[:, :2] = emissions[0, :, :2]  # an alignment starts on the first blank or label
+    scales = np.ones((len(log_probs), len(hypotheses)))
+    for t in range(1, len(log_probs)):
+        step = alpha.copy()
+        step[:, 1:] += alpha[:, :-1]
+        step[:, 2:] += alpha[:, :-2] * skip[:, 2:]
+        step *= emissions[t]
+        scale = step.max(axis=1)
+        scales[t] = np.where(scale > 0, scale, 1.0)  # an impossible hypothesis stays at zero
+        alpha = step / scales[t][:, None]
+    rows = np.arange(len(hypotheses))
+    # It ends on the final blank or on the last label (the empty sequence has only the blank).
+    final = alpha[rows, sizes - 1] + np.where(sizes > 1, alpha[rows, sizes - 2], 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(final) + np.log(scales).sum(axis=0)

@@ -1,0 +1,399 @@
+"""Word and character error rates, and the report files (Markdown, JSON, HTML) a person reads."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import html
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import jiwer
+
+TOP_CONFUSIONS = 20  # most frequent substitutions, deletions and insertions listed in a report
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+
+def error_rates(references: list[str], hypotheses: list[str]) -> dict:
+    """Corpus WER and CER with their counts, for normalized texts (asr.text does the normalizing).
+
+    Runs of whitespace count as one space, in CER too: a word boundary is one character.
+    Returns {wer, cer, substitutions, deletions, insertions, hits, reference_words,
+    char_errors, reference_chars}; rates are fractions (0.25 = 25%).
+    """
+    words, chars = _process(references, hypotheses)
+    return _rates({**_word_counts(words), **_char_counts(chars)})
+
+
+def _process(references: list[str], hypotheses: list[str]):
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        raise ValueError("no utterances to score")
+    refs = [" ".join(text.split()) for text in references]
+    hyps = [" ".join(text.split()) for text in hypotheses]
+    return jiwer.process_words(refs, hyps), jiwer.process_characters(refs, hyps)
+
+
+def _word_counts(words) -> dict:
+    return {
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
+        "hits": words.hits,
+        "reference_words": words.substitutions + words.deletions + words.hits,
+    }
+
+
+def _char_counts(chars) -> dict:
+    return {
+        "char_errors": chars.substitutions + chars.deletions + chars.insertions,
+        "reference_chars": chars.substitutions + chars.deletions + chars.hits,
+    }
+
+
+def _rates(counts: dict) -> dict:
+    """Puts wer and cer before the word and character counts. An empty reference divides by 1,
+    as jiwer does, so that words inserted into silence still count as errors."""
+    word_errors = counts["substitutions"] + counts["deletions"] + counts["insertions"]
+    return {
+        "wer": word_errors / max(counts["reference_words"], 1),
+        "cer": counts["char_errors"] / max(counts["reference_chars"], 1),
+        **counts,
+    }
+
+
+def _sum_counts(rows: list[dict]) -> dict:
+    keys = ("substitutions", "deletions", "insertions", "hits", "reference_words", "char_errors", "reference_chars")
+    return {key: sum(row[key] for row in rows) for key in keys}
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+
+def build_report(results: list[dict]) -> dict:
+    """A JSON-safe report of decoded utterances.
+
+    results: [{id, reference, hypothesis, speaker (optional), duration (optional, seconds)}].
+    Returns {summary, speakers, confusions, utterances}: corpus WER/CER with counts; per speaker
+    (where given), worst first; the TOP_CONFUSIONS commonest substitutions, deletions and
+    insertions; every utterance with its rates and word alignment, worst first.
+    """
+    for index, result in enumerate(results):
+        missing = {"id", "reference", "hypothesis"} - result.keys()
+        if missing:
+            raise ValueError(f"result {index} lacks {', '.join(sorted(missing))}")
+    words, chars = _process([r["reference"] for r in results], [r["hypothesis"] for r in results])
+    utterances = [
+        _utterance(result, refs, hyps, word_chunks, char_chunks)
+        for result, refs, hyps, word_chunks, char_chunks in zip(
+            results, words.references, words.hypotheses, words.alignments, chars.alignments
+        )
+    ]
+    summary = {**_rates({**_word_counts(words), **_char_counts(chars)}), "utterances": len(results)}
+    if all("duration" in u for u in utterances):  # a partial sum would understate the audio
+        summary["duration"] = float(sum(u["duration"] for u in utterances))
+    return {
+        "summary": summary,
+        "speakers": _per_speaker(utterances),
+        "confusions": _confusions(utterances),
+        "utterances": sorted(utterances, key=_worst_first),
+    }
+
+
+def _utterance(result: dict, refs: list[str], hyps: list[str], word_chunks, char_chunks) -> dict:
+    """One utterance's entry; ops is its word alignment as [kind, reference word, hypothesis word]."""
+    ops = _alignment_ops(refs, hyps, word_chunks)
+    counts = {
+        "substitutions": sum(op[0] == "sub" for op in ops),
+        "deletions": sum(op[0] == "del" for op in ops),
+        "insertions": sum(op[0] == "ins" for op in ops),
+        "hits": sum(op[0] == "equal" for op in ops),
+        "reference_words": len(refs),
+        **_chunk_char_counts(char_chunks),
+    }
+    entry = {"id": str(result["id"]), "reference": " ".join(refs), "hypothesis": " ".join(hyps)}
+    for key in ("speaker", "duration"):
+        if result.get(key) is not None:
+            entry[key] = str(result[key]) if key == "speaker" else float(result[key])
+    return {**entry, **_rates(counts), "alignment": _alignment_text(ops), "ops": ops}
+
+
+def _chunk_char_counts(chunks) -> dict:
+    errors = reference = 0
+    for chunk in chunks:
+        ref_len = chunk.ref_end_idx - chunk.ref_start_idx
+        hyp_len = chunk.hyp_end_idx - chunk.hyp_start_idx
+        reference += ref_len
+        if chunk.type != "equal":
+            errors += max(ref_len, hyp_len)  # a substitution chunk pairs them one to one
+    return {"char_errors": errors, "reference_chars": reference}
+
+
+def _alignment_ops(refs: list[str], hyps: list[str], chunks) -> list[list]:
+    """jiwer's chunks -> one [kind, ref, hyp] per word; kind is equal, sub, del or ins."""
+    ops = []
+    for chunk in chunks:
+        ref_words = refs[chunk.ref_start_idx : chunk.ref_end_idx]
+        hyp_words = hyps[chunk.hyp_start_idx : chunk.hyp_end_idx]
+        if chunk.type == "equal":
+            ops += [["equal", ref, hyp] for ref, hyp in zip(ref_words, hyp_words)]
+        elif chunk.type == "substitute":
+            ops += [["sub", ref, hyp] for ref, hyp in zip(ref_words, hyp_words)]
+        elif chunk.type == "delete":
+            ops += [["del", ref, None] for ref in ref_words]
+        else:
+            ops += [["ins", None, hyp] for hyp in hyp_words]
+    return ops
+
+
+def _alignment_text(ops: list[list]) -> str:
+    """Aligned words as in icefall's errs files: "the (cat->bat) sat [del: on] [ins: a] mat"."""
+    marks = {
+        "equal": lambda ref, hyp: ref,
+        "sub": lambda ref, hyp: f"({ref}->{hyp})",
+        "del": lambda ref, hyp: f"[del: {ref}]",
+        "ins": lambda ref, hyp: f"[ins: {hyp}]",
+    }
+    return " ".join(marks[kind](ref, hyp) for kind, ref, hyp in ops)
+
+
+def _worst_first(row: dict):
+    errors = row["substitutions"] + row["deletions"] + row["insertions"]
+    return (-row["wer"], -errors, -row["cer"], row.get("id", row.get("speaker", "")))
+
+
+def _per_speaker(utterances: list[dict]) -> list[dict]:
+    """Pooled (not averaged) rates per speaker, worst first; empty when no speaker is given."""
+    groups = collections.defaultdict(list)
+    for utterance in utterances:
+        if "speaker" in utterance:
+            groups[utterance["speaker"]].append(utterance)
+    rows = [
+        {"speaker": speaker, "utterances": len(rows), **_rates(_sum_counts(rows))}
+        for speaker, rows in groups.items()
+    ]
+    return sorted(rows, key=_worst_first)
+
+
+def _confusions(utterances: list[dict]) -> dict:
+    """The commonest errors, most frequent first (ties in alphabetical order)."""
+    counters = collections.defaultdict(collections.Counter)
+    for utterance in utterances:
+        for kind, ref, hyp in utterance["ops"]:
+            if kind == "sub":
+                counters["substitutions"][(ref, hyp)] += 1
+            elif kind == "del":
+                counters["deletions"][ref] += 1
+            elif kind == "ins":
+                counters["insertions"][hyp] += 1
+    return {
+        "substitutions": [{"reference": r, "hypothesis": h, "count": n} for (r, h), n in _top(counters["substitutions"])],
+        "deletions": [{"word": word, "count": n} for word, n in _top(counters["deletions"])],
+        "insertions": [{"word": word, "count": n} for word, n in _top(counters["insertions"])],
+    }
+
+
+def _top(counter: collections.Counter) -> list[tuple]:
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:TOP_CONFUSIONS]
+
+
+def summary_line(report: dict) -> str:
+    """One line: "WER 23.41% (S 150, D 20, I 12, N 777) CER 9.87% on 78 utterances"."""
+    s = report["summary"]
+    return (
+        f"WER {s['wer']:.2%} (S {s['substitutions']}, D {s['deletions']}, I {s['insertions']}, "
+        f"N {s['reference_words']}) CER {s['cer']:.2%} on {s['utterances']} utterances"
+    )
+
+
+# ---- the files --------------------------------------------------------------------------------
+
+
+def write_report(report: dict, report_dir, command: str, model_dir: str, manifest: str) -> dict:
+    """Writes report.md, report.json and report.html into report_dir (created if needed).
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    Returns {"markdown": Path, "json": Path, "html": Path}.
+    """
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command,
+        "model_dir": str(model_dir),
+        "manifest": str(manifest),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    full = {"meta": meta, **report}
+    texts = {
+        "markdown": ("report.md", render_markdown(full)),
+        "json": ("report.json", json.dumps(full, indent=1, ensure_ascii=False) + "\n"),
+        "html": ("report.html", render_html(full)),
+    }
+    paths = {}
+    for kind, (name, text) in texts.items():
+        paths[kind] = report_dir / name
+        _write_atomic(paths[kind], text)
+    return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for everyone to read
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _percent(rate: float) -> str:
+    return f"{rate:.2%}"
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
+    rows = [
+        ("WER", _percent(summary["wer"])),
+        ("CER", _percent(summary["cer"])),
+        ("substitutions", str(summary["substitutions"])),
+        ("deletions", str(summary["deletions"])),
+        ("insertions", str(summary["insertions"])),
+        ("reference words", str(summary["reference_words"])),
+        ("utterances", str(summary["utterances"])),
+    ]
+    if "duration" in summary:
+        rows.append(("audio", f"{summary['duration'] / 60:.1f} min"))  # seconds -> minutes
+    return rows
+
+
+SPEAKER_COLUMNS = ("speaker", "utterances", "words", "WER", "CER", "S", "D", "I")
+
+
+def _speaker_cells(row: dict) -> list[str]:
+    return [
+        row["speaker"], str(row["utterances"]), str(row["reference_words"]), _percent(row["wer"]),
+        _percent(row["cer"]), str(row["substitutions"]), str(row["deletions"]), str(row["insertions"]),
+    ]
+
+
+def _confusion_tables(confusions: dict) -> list[tuple[str, tuple, list[list[str]]]]:
+    """(title, header, rows) for each kind of error."""
+    return [
+        ("Substitutions", ("count", "reference", "hypothesis"),
+         [[str(c["count"]), c["reference"], c["hypothesis"]] for c in confusions["substitutions"]]),
+        ("Deletions", ("count", "word"), [[str(c["count"]), c["word"]] for c in confusions["deletions"]]),
+        ("Insertions", ("count", "word"), [[str(c["count"]), c["word"]] for c in confusions["insertions"]]),
+    ]
+
+
+def _utterance_title(u: dict) -> str:
+    extra = [f"speaker {u['speaker']}"] if "speaker" in u else []
+    extra += [f"{u['duration']:.1f} s"] if "duration" in u else []
+    suffix = f" ({', '.join(extra)})" if extra else ""
+    return f"{u['id']}: WER {_percent(u['wer'])}, CER {_percent(u['cer'])}{suffix}"
+
+
+# ---- Markdown ---------------------------------------------------------------------------------
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown; report carries "meta" (command, model_dir, manifest, created)."""
+    meta = report["meta"]
+    lines = ["# Evaluation report", "", f"**{summary_line(report)}**", ""]
+    lines += ["Produced by:", "", *_md_fenced(meta["command"], "sh"), ""]
+    lines += [f"- {key.replace('_', ' ')}: {_md_escape(meta[key])}" for key in ("model_dir", "manifest", "created")]
+    lines.append("")
+    lines += ["## Summary", "", *_md_table(("metric", "value"), _summary_rows(report["summary"])), ""]
+    if report["speakers"]:
+        rows = [_speaker_cells(row) for row in report["speakers"]]
+        lines += ["## Per speaker (worst first)", "", *_md_table(SPEAKER_COLUMNS, rows), ""]
+    lines += ["## Most frequent errors", ""]
+    for title, header, rows in _confusion_tables(report["confusions"]):
+        lines += [f"### {title}", "", *(_md_table(header, rows) if rows else ["none"]), ""]
+    lines += ["## Utterances (worst first)", ""]
+    for u in report["utterances"]:
+        block = f"REF: {u['reference']}\nHYP: {u['hypothesis']}\nALI: {u['alignment']}"
+        lines += [f"### {_md_escape(_utterance_title(u))}", "", *_md_fenced(block, "text"), ""]
+    return "\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    """Text safe inside a table cell or heading: no pipes, newlines or markup characters."""
+    text = " ".join(str(text).split())
+    for char in "\\|*_`[]<>#":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _md_table(header, rows) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_md_escape(cell) for cell in row) + " |" for row in rows]
+
+
+def _md_fenced(text: str, language: str) -> list[str]:
+    """A code block whose fence is longer than any backtick run in text, so text cannot close it."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + language, text, fence]
+
+
+# ---- HTML -------------------------------------------------------------------------------------
+
+_STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top}
+pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}.sub{color:#b35900}del{color:#c00}ins{color:#070}"""
+
+
+def render_html(report: dict) -> str:
+    """The report as one self-contained HTML page; every piece of text is escaped."""
+    meta, esc = report["meta"], html.escape
+    parts = [
+        "<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Evaluation report</title>',
+        f"<style>{_STYLE}</style></head><body>", "<h1>Evaluation report</h1>",
+        f"<p><strong>{esc(summary_line(report))}</strong></p>",
+        f"<p>Produced by:</p><pre>{esc(meta['command'])}</pre>",
+        f"<p>model: <code>{esc(meta['model_dir'])}</code>, manifest: <code>{esc(meta['manifest'])}</code>, "
+        f"created: {esc(meta['created'])}</p>",
+        "<h2>Summary</h2>", _html_table(("metric", "value"), _summary_rows(report["summary"])),
+    ]
+    if report["speakers"]:
+        rows = [_speaker_cells(row) for row in report["speakers"]]
+        parts += ["<h2>Per speaker (worst first)</h2>", _html_table(SPEAKER_COLUMNS, rows)]
+    parts.append("<h2>Most frequent errors</h2>")
+    for title, header, rows in _confusion_tables(report["confusions"]):
+        parts += [f"<h3>{title}</h3>", _html_table(header, rows) if rows else "<p>none</p>"]
+    parts.append("<h2>Utterances (worst first)</h2>")
+    for u in report["utterances"]:
+        parts += [
+            f"<h3>{esc(_utterance_title(u))}</h3>",
+            f"<pre>REF: {esc(u['reference'])}\nHYP: {esc(u['hypothesis'])}\nALI: {_html_alignment(u['ops'])}</pre>",
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_alignment(ops: list[list]) -> str:
+    """The word alignment with errors marked up: substitutions, <del>, <ins>."""
+    esc = html.escape
+    marks = {
+        "equal": lambda ref, hyp: esc(ref),
+        "sub": lambda ref, hyp: f'<span class="sub">({esc(ref)}-&gt;{esc(hyp)})</span>',
+        "del": lambda ref, hyp: f"<del>[del: {esc(ref)}]</del>",
+        "ins": lambda ref, hyp: f"<ins>[ins: {esc(hyp)}]</ins>",
+    }
+    return " ".join(marks[kind](ref, hyp) for kind, ref, hyp in ops)

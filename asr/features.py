@@ -1,0 +1,260 @@
+"""MFCC features, their normalization statistics, and the on-disk feature cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import librosa
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+import scipy.sparse
+import scipy.signal
+
+from asr.audio import load_audio
+from asr.config import FeatureConfig
+from asr.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+AMIN = 1e-10  # floor on mel power before the log (librosa's power_to_db default)
+TOP_DB = 80.0  # dB; log-mel values are clipped to (utterance maximum - TOP_DB), as librosa.feature.mfcc does
+DELTA_WIDTH = 9  # frames in the delta regression window (+-4 frames = +-40 ms at a 10 ms hop)
+STD_FLOOR = 1e-5  # smallest standard deviation used to divide by (a constant coefficient stays finite)
+CACHE_VERSION = 1  # bump when compute_features changes, so stale cache entries are ignored
+
+
+@dataclasses.dataclass(frozen=True)
+class _Analysis:
+    """Everything compute_features needs that depends only on the config: built once per config."""
+
+    hop: int  # samples between frames
+    n_fft: int  # FFT size, samples (next power of two >= the window)
+    window: np.ndarray  # float32 [n_fft]: Hann window of win samples, centred and zero-padded
+    mel_basis: scipy.sparse.csr_array  # float32 [n_mels, n_fft // 2 + 1]; sparse: each band spans a few bins
+    dct: np.ndarray  # float32 [n_mfcc, n_mels]: orthonormal DCT-II, as librosa.feature.mfcc
+    delta_kernels: tuple[np.ndarray, ...]  # Savitzky-Golay derivative kernels (orders 1, 2) as librosa.feature.delta
+
+
+def hop_samples(cfg: FeatureConfig) -> int:
+    """Samples between consecutive frames (160 at 16 kHz and a 10 ms hop)."""
+    return int(round(cfg.sample_rate * cfg.hop_ms / 1000.0))
+
+
+def num_frames(num_samples: int, cfg: FeatureConfig) -> int:
+    """Frames compute_features returns for an audio of num_samples (centred frames: 1 + samples // hop)."""
+    return 1 + num_samples // hop_samples(cfg)
+
+
+def frames_for_duration(duration: float, cfg: FeatureConfig) -> int:
+    """Frames expected for `duration` seconds of audio (used to filter and bucket before loading)."""
+    return num_frames(int(round(duration * cfg.sample_rate)), cfg)
+
+
+@functools.lru_cache(maxsize=8)
+def _analysis(cfg: FeatureConfig) -> _Analysis:
+    cfg.validate()
+    win = int(round(cfg.sample_rate * cfg.win_ms / 1000.0))
+    n_fft = 1 << (win - 1).bit_length()
+    window = librosa.util.pad_center(librosa.filters.get_window("hann", win, fftbins=True), size=n_fft)
+    mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, dtype=np.float32)
+    dct = scipy.fft.dct(np.eye(cfg.n_mels), axis=0, type=2, norm="ortho")[: cfg.n_mfcc].astype(np.float32)
+    kernels = tuple(scipy.signal.savgol_coeffs(DELTA_WIDTH, order, deriv=order).astype(np.float32) for order in (1, 2))
+    return _Analysis(hop_samples(cfg), n_fft, window.astype(np.float32), scipy.sparse.csr_array(mel), dct, kernels)
+
+
+def compute_features(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """MFCCs (+ deltas and delta-deltas) of a mono waveform at cfg.sample_rate.
+
+    audio: float32 [samples]. Returns float32 [T, cfg.num_features], T = 1 + samples // hop, laid out
+    [mfcc | delta | delta-delta], un-normalized. Equal (to float32 rounding) to librosa.feature.mfcc
+    (n_fft = next power of two >= the window, centred zero-padded frames, Hann window, power
+    spectrum, dB with top_db=80) followed by librosa.feature.delta(mode="nearest"), but computed in
+    float32 with the filterbank built once and applied as a sparse matrix: about 30x faster.
+    """
+    a = _analysis(cfg)
+    mfcc = np.ascontiguousarray((a.dct @ _log_mel(np.asarray(audio, dtype=np.float32), a)).T)  # [T, n_mfcc]
+    if not cfg.deltas:
+        return mfcc
+    deltas = [scipy.ndimage.convolve1d(mfcc, k, axis=0, mode="nearest") for k in a.delta_kernels]
+    return np.concatenate([mfcc, *deltas], axis=1)
+
+
+def _log_mel(audio: np.ndarray, a: _Analysis) -> np.ndarray:
+    """float32 [samples] -> log-mel power in dB, float32 [n_mels, T].
+
+    The dense filterbank product would go to a multi-threaded BLAS that is ten times slower than
+    this sparse one on a busy machine; hence the sparse matrix and the [bins, T] layout.
+    """
+    padded = np.pad(audio, a.n_fft // 2)
+    count = 1 + (padded.shape[0] - a.n_fft) // a.hop
+    frames = np.lib.stride_tricks.as_strided(padded, (count, a.n_fft), (padded.strides[0] * a.hop, padded.strides[0]))
+    spectrum = scipy.fft.rfft(frames * a.window, axis=1)  # complex64 [T, n_fft // 2 + 1]
+    power = np.ascontiguousarray((spectrum.real**2 + spectrum.imag**2).T)  # [bins, T]
+    log_mel = 10.0 * np.log10(np.maximum(a.mel_basis @ power, AMIN))
+    return np.maximum(log_mel, log_mel.max() - TOP_DB)
+
+
+# --- normalization -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureStats:
+    """Global per-coefficient statistics over the training frames: mean [F], std [F] (float32)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    num_frames: int = 0  # frames they were computed from
+
+    @classmethod
+    def from_features(cls, feature_arrays: Iterable[np.ndarray]) -> "FeatureStats":
+        """Mean and standard deviation over all frames of arrays [T, F] (float64 accumulators)."""
+        total, total_sq, count = None, None, 0
+        for feats in feature_arrays:
+            f64 = np.asarray(feats, dtype=np.float64)
+            total = f64.sum(axis=0) if total is None else total + f64.sum(axis=0)
+            total_sq = (f64**2).sum(axis=0) if total_sq is None else total_sq + (f64**2).sum(axis=0)
+            count += f64.shape[0]
+        if not count:
+            raise DataError("cannot compute feature statistics from zero frames: the training set is empty")
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        return cls(mean.astype(np.float32), np.maximum(std, STD_FLOOR).astype(np.float32), count)
+
+    def save(self, path: str | Path) -> None:
+        """Writes the statistics as JSON (atomically)."""
+        data = {"mean": self.mean.tolist(), "std": self.std.tolist(), "num_frames": int(self.num_frames)}
+        atomic_write_text(Path(path), json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureStats":
+        """Reads statistics written by save(); DataError if the file is missing or malformed."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            mean = np.asarray(data["mean"], dtype=np.float32)
+            std = np.asarray(data["std"], dtype=np.float32)
+            num = int(data.get("num_frames", 0))
+        except FileNotFoundError:
+            raise DataError(f"{path}: feature statistics file not found; compute them on the training set") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: malformed feature statistics ({exc}); delete it to recompute") from None
+        if mean.ndim != 1 or mean.shape != std.shape or not (np.all(np.isfinite(mean)) and np.all(std > 0)):
+            raise DataError(f"{path}: feature statistics need finite mean and positive std of equal length; delete it to recompute")
+        return cls(mean, std, num)
+
+
+def compute_stats(paths: Sequence[str | Path], cfg: FeatureConfig, cache_dir: str | Path | None = None, num_workers: int = 2) -> FeatureStats:
+    """Global statistics of the raw features of the given (training) audio files.
+
+    Fills the feature cache on the way when cache_dir is given. num_workers threads extract in
+    parallel (decoding, FFTs and matrix products release the GIL); files are summed in order.
+    """
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        return FeatureStats.from_features(pool.map(lambda p: extract(p, cfg, cache_dir), paths))
+
+
+def normalize(feats: np.ndarray, cfg: FeatureConfig, stats: FeatureStats | None) -> np.ndarray:
+    """[T, F] raw features -> [T, F] float32 with zero mean and unit variance per coefficient.
+
+    cfg.normalization "global" uses `stats` (training-set statistics, saved with the model);
+    "utterance" uses this utterance's own mean and std (stats unused, may be None).
+    """
+    if cfg.normalization == "utterance":
+        mean, std = feats.mean(axis=0), np.maximum(feats.std(axis=0), STD_FLOOR)
+    else:
+        if stats is None:
+            raise ConfigError("features.normalization 'global' needs feature statistics computed on the training set")
+        if stats.mean.shape[0] != feats.shape[1]:
+            raise ConfigError(f"feature statistics have {stats.mean.shape[0]} coefficients but the features have {feats.shape[1]}: recompute them for this feature config")
+        mean, std = stats.mean, stats.std
+    return ((feats - mean) / std).astype(np.float32, copy=False)
+
+
+# --- cache and the one path from file to model input ---------------------------------------------
+
+
+def extract(path: str | Path, cfg: FeatureConfig, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Raw features float32 [T, F] of an audio file, computed once and reused from cache_dir.
+
+    An entry is keyed by the resolved path, the file's size and mtime and the feature config, so
+    a changed file or config is recomputed. Entries are written atomically (several processes may
+    share the cache) and read with allow_pickle=False. cache_dir None: no caching.
+    """
+    if cache_dir is None:
+        return compute_features(load_audio(path, cfg.sample_rate), cfg)
+    entry = Path(cache_dir) / f"{_cache_key(Path(path), cfg)}.npy"
+    cached = _read_cache(entry, cfg)
+    if cached is not None:
+        return cached
+    feats = compute_features(load_audio(path, cfg.sample_rate), cfg)
+    _write_cache(entry, feats)
+    return feats
+
+
+def features_for_model(path: str | Path, cfg: FeatureConfig, stats: FeatureStats | None, cache_dir: str | Path | None = None) -> np.ndarray:
+    """The model's input for an audio file, float32 [T, F]: load -> MFCC -> normalize.
+
+    The one feature path of the project: training batches and inference both call it.
+    """
+    return normalize(extract(path, cfg, cache_dir), cfg, stats)
+
+
+def _cache_key(path: Path, cfg: FeatureConfig) -> str:
+    resolved = path.resolve()
+    try:
+        st = resolved.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: audio file not found") from None
+    # normalization is applied after the cache, so it is left out: both modes share entries.
+    raw_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "normalization"}
+    ident = json.dumps([CACHE_VERSION, str(resolved), st.st_size, st.st_mtime_ns, raw_cfg], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _read_cache(entry: Path, cfg: FeatureConfig) -> np.ndarray | None:
+    try:
+        feats = np.load(entry, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("feature cache entry %s is unreadable (%s); recomputing it", entry, exc)
+        return None
+    if feats.ndim != 2 or feats.shape[1] != cfg.num_features or feats.dtype != np.float32:
+        log.warning("feature cache entry %s has shape %s %s; recomputing it", entry, feats.shape, feats.dtype)
+        return None
+    return feats
+
+
+def _write_cache(entry: Path, feats: np.ndarray) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, feats, allow_pickle=False)
+        os.replace(tmp, entry)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes text to path through a temporary file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

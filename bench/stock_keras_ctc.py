@@ -1,0 +1,86 @@
+"""The stock-Keras reference curve for recipes/librispeech_small: same data, features, CTC loss,
+trainer and dev speakers, but the acoustic model is 3 x keras.layers.Bidirectional(keras.layers.LSTM(256))
+(no layer norm, no dropout), Adam 1e-3 with no warm-up or decay, batch 8, MFCC stacked 3 frames at
+stride 3. It prints dev CER/WER and elapsed minutes at every epoch's end, for comparison with
+`asr train recipes/librispeech_small` per CPU-minute.
+
+    python bench/stock_keras_ctc.py --data-dir ../shared/data/librispeech_small --exp-dir exp/stock --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from asr import train as train_lib
+from asr.config import load_recipe
+from asr.model import output_lengths, stack_frames
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "librispeech_small"
+
+
+class StockModel(keras.Model):
+    """Same inputs and outputs as asr.model.AcousticModel, built from stock Keras layers."""
+
+    def __init__(self, cfg, num_features: int, vocab_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg, self.num_features = cfg, num_features
+        self.rnns = [
+            keras.layers.Bidirectional(keras.layers.LSTM(cfg.num_units, return_sequences=True))
+            for _ in range(cfg.num_layers)
+        ]
+        self.projection = keras.layers.Dense(vocab_size)
+
+    def call(self, features, feature_lengths, training=False):
+        x = stack_frames(features, feature_lengths, self.cfg.frame_stack, self.cfg.frame_stride)
+        lengths = output_lengths(feature_lengths, self.cfg.frame_stride)
+        mask = tf.sequence_mask(lengths, tf.shape(x)[1])
+        for rnn in self.rnns:
+            x = rnn(x, mask=mask, training=training)
+        return self.projection(x), lengths
+
+    def build_weights(self):
+        self(tf.zeros([1, 3, self.num_features]), tf.constant([3]))
+
+    def num_parameters(self):
+        return int(sum(v.numpy().size for v in self.trainable_variables))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--exp-dir", default="exp/stock_keras")
+    parser.add_argument("--minutes", type=float, default=30.0, help="stop after the epoch that passes this budget")
+    parser.add_argument("--epochs", type=int, default=7)
+    args = parser.parse_args()
+    overrides = [
+        f"data.data_dir={Path(args.data_dir).resolve()}", "data.batch_size=8", "model.input_keep_prob=1.0",
+        "model.output_keep_prob=1.0", "train.learning_rate=0.001", "train.warmup_steps=0", "train.decay_steps=0",
+        f"train.epochs={args.epochs}", "train.patience=0", "train.checkpoint_every=100000",
+    ]
+    config = load_recipe(RECIPE, overrides)
+    train_lib.build_model = lambda cfg, vocab: _built(StockModel(cfg.model, cfg.features.num_features, vocab.size))
+    exp_dir = Path(args.exp_dir)
+    train_lib.setup_logging(exp_dir)
+    trainer = train_lib.Trainer(config, exp_dir)
+    start = time.time()
+    while not trainer.done():
+        trainer.train_one_epoch()
+        record = trainer.state.history[-1]
+        minutes = (time.time() - start) / 60
+        print(f"STOCK epoch {record['epoch']} step {record['step']} minutes {minutes:.1f} dev CER {100 * record['cer']:.2f}% WER {100 * record['wer']:.2f}%", flush=True)
+        if minutes > args.minutes:
+            break
+
+
+def _built(model):
+    model.build_weights()
+    return model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Corpus download and preparation scripts: each module writes JSONL manifests for asr.data."""
