@@ -14,24 +14,50 @@ def ctc_loss(labels, label_lengths, logits, logit_lengths, blank: int = BLANK) -
 
     labels: [B, L] int, padded past label_lengths [B] (any padding value);
     logits: [B, T, V] unnormalized scores (batch-major), padded past logit_lengths [B].
-    Padded frames and padded labels never count: both lengths go to tf.nn.ctc_loss. An utterance
-    whose labels cannot fit in its frames (L + its repeated neighbours > T) gets a loss of about
-    700, tf's finite stand-in for -log 0, not inf: the data pipeline must drop such utterances.
+    Padded frames and padded labels never count: only the first label_lengths labels of each row
+    and the first logit_lengths frames enter the loss. An utterance whose labels cannot fit in its
+    frames (labels + repeated neighbours > frames) gets +inf (and a zero gradient), so that the
+    trainer can report and skip it instead of failing.
     """
     labels = tf.convert_to_tensor(labels, tf.int32)
     label_lengths = tf.convert_to_tensor(label_lengths, tf.int32)
-    # Padding values may be -1 or anything else: replace them with a valid id so that no
-    # one-hot or gather inside the loss ever sees an out-of-range index.
+    logit_lengths = tf.convert_to_tensor(logit_lengths, tf.int32)
     valid = tf.sequence_mask(label_lengths, tf.shape(labels)[1])
-    labels = tf.where(valid, labels, tf.zeros_like(labels))
-    return tf.nn.ctc_loss(
-        labels=labels,
-        logits=tf.cast(logits, tf.float32),  # mixed-precision logits: the recursion needs float32
-        label_length=label_lengths,
-        logit_length=tf.convert_to_tensor(logit_lengths, tf.int32),
-        logits_time_major=False,
-        blank_index=blank,
+    # TensorFlow's C++ CTC kernel wants the blank last and sparse labels; tf.nn.ctc_loss with
+    # dense labels falls back to dense [L', L'] transition matmuls, ~20x slower on a CPU
+    # (B=16, T=500, L=200: 8.6 s against 0.39 s forward and backward).
+    num_classes = tf.shape(logits)[-1]
+    rotated = tf.roll(tf.cast(logits, tf.float32), shift=-blank - 1, axis=-1)  # blank -> last
+    values = tf.math.floormod(tf.boolean_mask(labels, valid) - blank - 1, num_classes)
+    loss = _ctc_kernel(tf.transpose(rotated, [1, 0, 2]), tf.where(valid), values, logit_lengths)
+    feasible = min_frames(labels, label_lengths) <= logit_lengths
+    return tf.where(feasible, loss, tf.constant(np.inf, tf.float32))
+
+
+@tf.custom_gradient
+def _ctc_kernel(logits_tm, indices, values, lengths):
+    """tf.raw_ops.CTCLoss on time-major logits [T, B, V] (blank last) -> [B]; its own gradient."""
+    loss, grad = tf.raw_ops.CTCLoss(
+        inputs=logits_tm,
+        labels_indices=indices,
+        labels_values=values,
+        sequence_length=lengths,
+        preprocess_collapse_repeated=False,
+        ctc_merge_repeated=True,
+        ignore_longer_outputs_than_inputs=True,  # infeasible rows: loss 0 here, +inf in ctc_loss
     )
+
+    def backward(upstream):
+        return upstream[None, :, None] * grad, None, None, None
+
+    return loss, backward
+
+
+def min_frames(labels, label_lengths) -> tf.Tensor:
+    """Frames CTC needs for each label row [B, L]: its length plus its adjacent repeats -> [B]."""
+    valid = tf.sequence_mask(label_lengths, tf.shape(labels)[1])
+    repeats = tf.logical_and(tf.equal(labels[:, 1:], labels[:, :-1]), valid[:, 1:])
+    return label_lengths + tf.reduce_sum(tf.cast(repeats, tf.int32), axis=1)
 
 
 def greedy_decode(logits, lengths, blank: int = BLANK) -> list[list[int]]:

@@ -164,3 +164,21 @@ def test_beam_is_never_less_probable_than_greedy(beam_width):
 def test_beam_accepts_tf_tensors():
     logits = frames(A, 0, B, B)[None]
     assert beam_search_decode(tf.constant(logits), tf.constant([4])) == [[A, B]]
+
+
+def test_infeasible_utterance_gets_inf_and_no_gradient():
+    """Labels that need more frames than there are (3 labels + 1 repeat > 3 frames) -> +inf, zero grad."""
+    import tensorflow as tf
+
+    from asr.ctc import ctc_loss, min_frames
+
+    labels, label_lengths = tf.constant([[1, 1, 2], [1, 2, 0]]), tf.constant([3, 2])
+    assert min_frames(labels, label_lengths).numpy().tolist() == [4, 2]
+    logits = tf.random.normal([2, 3, 4], seed=1)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = ctc_loss(labels, label_lengths, logits, tf.constant([3, 3]))
+        total = tf.reduce_sum(tf.where(tf.math.is_finite(loss), loss, 0.0))
+    grad = tape.gradient(total, logits).numpy()
+    assert np.isinf(loss.numpy()[0]) and np.isfinite(loss.numpy()[1])
+    assert np.all(grad[0] == 0) and np.any(grad[1] != 0)
