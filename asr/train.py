@@ -134,7 +134,7 @@ def build_model(config: Config, vocab: Vocabulary) -> AcousticModel:
 def make_optimizer(config: Config, model) -> keras.optimizers.Optimizer:
     t = config.train
     schedule = WarmupCosine(t.learning_rate, t.warmup_steps, t.decay_steps, t.lr_floor)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=t.clip_norm)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)  # clipping: Steps, after the replica sum
     optimizer.build(model.trainable_variables)
     return optimizer
 
@@ -154,10 +154,12 @@ class Steps:
 
     A step is split in two functions, gradients then update, so that a batch whose loss or
     gradients are not finite is skipped without touching the weights or the optimizer's state.
+    Gradients are summed over replicas first and then clipped by their global norm, so that a
+    step on N devices is the same step as on one.
     """
 
-    def __init__(self, model, optimizer, strategy):
-        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+    def __init__(self, model, optimizer, strategy, clip_norm: float):
+        self.model, self.optimizer, self.strategy, self.clip_norm = model, optimizer, strategy, clip_norm
         self._grads = tf.function(self._grads_fn, reduce_retracing=True)
         self._apply = tf.function(self._apply_fn, reduce_retracing=True)
         self._eval = tf.function(self._eval_fn, reduce_retracing=True)
@@ -168,20 +170,20 @@ class Steps:
         global_batch = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
         with tf.GradientTape() as tape:
             losses, _, _ = compute_loss(self.model, batch, training=True)
-            loss = tf.reduce_sum(losses) / global_batch
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(losses)))
-        return grads, losses, tf.cast(finite, tf.float32)
+            loss = tf.reduce_sum(tf.where(tf.math.is_finite(losses), losses, 0.0)) / global_batch
+        return tape.gradient(loss, self.model.trainable_variables), losses
 
     def _grads_fn(self, batch):
-        return self.strategy.run(self._replica_grads, args=(batch,))
+        """-> (gradients summed over replicas and clipped, per-replica losses [b], all finite?)."""
+        grads, losses = self.strategy.run(self._replica_grads, args=(batch,))
+        grads = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+        grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        all_losses = tf.concat(self.strategy.experimental_local_results(losses), axis=0)
+        return grads, losses, tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(all_losses)))
 
     def _apply_fn(self, grads):
-        def replica_apply(grads):
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-
-        self.strategy.run(replica_apply, args=(grads,))
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
 
     def _eval_fn(self, batch):
         def replica_eval(batch):
@@ -196,7 +198,7 @@ class Steps:
     def train_step(self, batch) -> tuple[np.ndarray, bool]:
         """One update; returns the per-utterance losses and whether the batch was applied."""
         grads, losses, finite = self._grads(batch)
-        ok = min(float(f) for f in self._local(finite)) > 0.5
+        ok = bool(finite)
         if ok:
             self._apply(grads)
         return np.concatenate(self._local(losses)), ok
@@ -245,22 +247,26 @@ class TrainState:
     step: int = 0  # optimizer updates applied
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already consumed
-    best_wer: float = float("inf")
+    best: dict | None = None  # the best dev record so far (lowest WER; ties broken by CER, then loss)
     epochs_without_improvement: int = 0
     skipped_batches: int = 0  # batches skipped for a non-finite loss or gradient
     train_seconds: float = 0.0  # wall time spent in training steps and dev evaluation, over all resumes
     history: list = dataclasses.field(default_factory=list)  # per-epoch dev results
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["best_wer"] = None if math.isinf(self.best_wer) else self.best_wer
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainState":
-        d = dict(d)
-        d["best_wer"] = float("inf") if d.get("best_wer") is None else d["best_wer"]
         return cls(**d)
+
+
+def _score(record: dict | None) -> tuple:
+    """Order of dev results: WER first; CER and then loss break ties, so that the epochs on the
+    CTC plateau (WER 100%) still count as progress while the loss falls."""
+    if record is None:
+        return (math.inf,)
+    return (record["wer"], record["cer"], record["loss"] if math.isfinite(record["loss"]) else math.inf)
 
 
 class Trainer:
@@ -284,7 +290,7 @@ class Trainer:
         with self.strategy.scope():
             self.model = build_model(config, self.vocab)
             self.optimizer = make_optimizer(config, self.model)
-        self.steps = Steps(self.model, self.optimizer, self.strategy)
+        self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm)
         self.state = TrainState()
         if latest is not None:
             self.state = TrainState.from_json(checkpoint.restore_checkpoint(latest, self.model, self.optimizer))
@@ -320,7 +326,7 @@ class Trainer:
         self.save()
         if not (self.exp_dir / "model").exists():
             checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
-        summary = dict(steps=self.state.step, train_seconds=round(time.time() - start, 1), best_dev_wer=self.state.to_json()["best_wer"], skipped_batches=self.state.skipped_batches, history=self.state.history)
+        summary = dict(steps=self.state.step, train_seconds=round(self.state.train_seconds, 1), best_dev_wer=self.state.best["wer"] if self.state.best else None, skipped_batches=self.state.skipped_batches, history=self.state.history)
         (self.exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -372,8 +378,8 @@ class Trainer:
         stop = False
         if self.dev_utts:
             record = self.evaluate_dev(epoch)
-            if record["wer"] < self.state.best_wer:
-                self.state.best_wer = record["wer"]
+            if _score(record) < _score(self.state.best):
+                self.state.best = record
                 self.state.epochs_without_improvement = 0
                 checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
                 log.info("new best dev WER: model saved to %s", self.exp_dir / "model")

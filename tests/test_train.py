@@ -151,3 +151,40 @@ def test_mirrored_strategy_matches_one_device(tmp_path, librispeech_root):
         results[strategy] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert results["mirrored"]["replicas"] == 2 and results["default"]["replicas"] == 1
     np.testing.assert_allclose(results["mirrored"]["losses"], results["default"]["losses"], rtol=1e-4)
+
+
+def test_non_finite_loss_skips_the_batch_and_names_it(tmp_path, librispeech_root, monkeypatch, caplog):
+    """DeepSpeech-style: a NaN in one utterance's features skips the whole batch, never the weights."""
+    import tensorflow as tf
+
+    from asr.config import load_recipe
+    from asr.train import Trainer, build_dataset
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    config = load_recipe(recipe(tmp_path, librispeech_root, list(UTTERANCES), model={"num_units": 16, "num_layers": 1}))
+    trainer = Trainer(config, tmp_path / "exp")
+    dataset, _ = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
+    batch = dict(next(iter(dataset)))
+    poisoned = batch["features"].numpy()
+    poisoned[1, 5] = np.nan
+    batch["features"] = tf.constant(poisoned)
+    before = [w.numpy().copy() for w in trainer.model.weights]
+    iterations = int(trainer.optimizer.iterations)
+
+    class Bar:
+        def set_postfix(self, **kw):
+            pass
+
+        def update(self, n):
+            pass
+
+    trainer._train_batch(batch, Bar())
+    assert trainer.state.skipped_batches == 1 and trainer.state.step == 0
+    assert int(trainer.optimizer.iterations) == iterations
+    for old, new in zip(before, trainer.model.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+    bad_id = batch["ids"].numpy()[1].decode()
+    assert bad_id in caplog.text and "non-finite" in caplog.text
+    # The next clean batch trains as usual.
+    trainer._train_batch(dict(next(iter(dataset))), Bar())
+    assert trainer.state.step == 1
