@@ -1,0 +1,156 @@
+"""Times one CTC training step of asr.rnn's 3-layer bidirectional LayerNormLSTM against stock Keras.
+
+Both models: 3 bidirectional layers of 256 units per direction, a dense projection to 29 letters
++ blank, CTC loss (tf.nn.ctc_loss, blank index 0, true logit and label lengths), gradients, Adam,
+each as a tf.function train step over the same padded batch. Stock is
+keras.layers.Bidirectional(keras.layers.LSTM(256, return_sequences=True)) x3 (no layer norm)
+given the mask from the lengths. Steps alternate between the two models; warm-up is excluded.
+
+    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400]
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from asr import rnn  # noqa: E402
+
+NUM_FEATURES = 39  # MFCC + deltas per frame
+NUM_UNITS = 256  # per direction
+NUM_LAYERS = 3
+NUM_CLASSES = 30  # 29 output symbols + blank (index 0)
+LABELS_PER_FRAME = 0.15  # a label length of about 15 symbols per 100 frames (10 ms each)
+
+
+class OursModel(keras.Model):
+    """asr.rnn.stack_bidirectional_dynamic_rnn of LayerNormLSTMCells + dense projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells_fw = [rnn.LayerNormLSTMCell(NUM_UNITS) for _ in range(NUM_LAYERS)]
+        self.cells_bw = [rnn.LayerNormLSTMCell(NUM_UNITS) for _ in range(NUM_LAYERS)]
+        self.projection = keras.layers.Dense(NUM_CLASSES)
+
+    def call(self, features, lengths, training=False):
+        outputs, _, _ = rnn.stack_bidirectional_dynamic_rnn(
+            self.cells_fw, self.cells_bw, features, sequence_length=lengths, training=training
+        )
+        return self.projection(outputs)
+
+
+class StockModel(keras.Model):
+    """keras.layers.Bidirectional(keras.layers.LSTM) x3 with the mask from the lengths + dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers_ = [
+            keras.layers.Bidirectional(keras.layers.LSTM(NUM_UNITS, return_sequences=True)) for _ in range(NUM_LAYERS)
+        ]
+        self.projection = keras.layers.Dense(NUM_CLASSES)
+
+    def call(self, features, lengths, training=False):
+        mask = tf.sequence_mask(lengths, tf.shape(features)[1])
+        x = features
+        for layer in self.layers_:
+            x = layer(x, mask=mask, training=training)
+        return self.projection(x)
+
+
+def make_batch(batch_size, frames, seed=0):
+    """A padded batch: features [B, T, F] (zero past each length), lengths [B] in [T/2, T], labels."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(frames // 2, frames + 1, size=batch_size).astype(np.int32)
+    lengths[0] = frames  # the batch is padded to its longest sequence
+    features = rng.standard_normal((batch_size, frames, NUM_FEATURES)).astype(np.float32)
+    features *= (np.arange(frames)[None, :] < lengths[:, None])[..., None]
+    label_lengths = np.maximum(1, (lengths * LABELS_PER_FRAME).astype(np.int32))
+    labels = rng.integers(1, NUM_CLASSES, size=(batch_size, label_lengths.max())).astype(np.int32)
+    labels *= np.arange(labels.shape[1])[None, :] < label_lengths[:, None]
+    return tuple(tf.constant(a) for a in (features, lengths, labels, label_lengths))
+
+
+def sparse_labels(labels, label_lengths):
+    """Padded labels [B, L] and their true lengths -> a SparseTensor. With sparse labels,
+    tf.nn.ctc_loss runs the C++ CTC kernel: on CPU ~0.05 s per step here, against ~0.9 s for its
+    dense-label path, which would swamp the difference between the two models."""
+    indices = tf.where(tf.sequence_mask(label_lengths, tf.shape(labels)[1]))
+    return tf.SparseTensor(indices, tf.gather_nd(labels, indices), tf.shape(labels, out_type=tf.int64))
+
+
+def make_train_step(model):
+    """A tf.function step: forward, CTC loss, backward, Adam. Returns the mean loss."""
+    optimizer = keras.optimizers.Adam(1e-3)
+    spec = [
+        tf.TensorSpec([None, None, NUM_FEATURES], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([None], tf.int32),
+    ]
+
+    @tf.function(input_signature=spec)
+    def train_step(features, lengths, labels, label_lengths):
+        with tf.GradientTape() as tape:
+            logits = model(features, lengths, training=True)
+            losses = tf.nn.ctc_loss(
+                sparse_labels(labels, label_lengths), logits, None, lengths, logits_time_major=False, blank_index=0
+            )
+            loss = tf.reduce_mean(losses)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    return train_step
+
+
+def time_step(step, batch):
+    """(wall seconds, CPU seconds of this process) for one step."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    step(*batch).numpy()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--batch", type=int, default=16, help="utterances per batch")
+    parser.add_argument("--frames", type=int, default=400, help="padded frames per utterance")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    batch = make_batch(args.batch, args.frames)
+    steps = {}
+    for name, model in [("ours", OursModel()), ("stock", StockModel())]:
+        model(batch[0][:1, :2], batch[1][:1] * 0 + 2)  # build the weights eagerly
+        steps[name] = make_train_step(model)
+        print(f"{name}: {model.count_params():,} parameters", flush=True)
+    for name, step in steps.items():
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            time_step(step, batch)
+        print(f"{name}: trace + {args.warmup} warm-up steps {time.perf_counter() - start:.1f} s", flush=True)
+
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(time_step(step, batch))
+    wall = {name: statistics.median(w for w, _ in t) for name, t in times.items()}
+    cpu = {name: statistics.median(c for _, c in t) for name, t in times.items()}
+    print(f"batch {args.batch}, frames {args.frames} (lengths {int(batch[1].numpy().min())}..{args.frames}), "
+          f"{args.repeats} repeats, {os.cpu_count()} CPUs, tf {tf.__version__}, keras {keras.__version__}")
+    for name, t in times.items():
+        all_wall = ", ".join(f"{w * 1000:.0f}" for w, _ in t)
+        print(f"{name:>5}: median {wall[name] * 1000:8.1f} ms/step wall, {cpu[name] * 1000:8.1f} ms CPU"
+              f"  (wall: {all_wall})")
+    print(f"ratio ours/stock: {wall['ours'] / wall['stock']:.3f} wall, {cpu['ours'] / cpu['stock']:.3f} CPU")
+
+
+if __name__ == "__main__":
+    main()
