@@ -251,6 +251,7 @@ class TrainState:
     epochs_without_improvement: int = 0
     skipped_batches: int = 0  # batches skipped for a non-finite loss or gradient
     train_seconds: float = 0.0  # wall time spent in training steps and dev evaluation, over all resumes
+    input_wait_seconds: float = 0.0  # of which the training steps waited for the input pipeline
     history: list = dataclasses.field(default_factory=list)  # per-epoch dev results
 
     def to_json(self) -> dict:
@@ -339,13 +340,20 @@ class Trainer:
         total = start + int(dataset.cardinality())
         dist = self.strategy.experimental_distribute_dataset(dataset)
         bar = tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}", unit="batch", dynamic_ncols=True)
-        tick = time.time()
-        for batch in dist:
+        waited, tick = 0.0, time.time()
+        batches = iter(dist)
+        while True:
+            before = time.time()
+            batch = next(batches, None)  # time spent here is the step waiting for its input
+            waited += time.time() - before
+            if batch is None:
+                break
             self._train_batch(batch, bar)
             self.state.train_seconds += time.time() - tick
             tick = time.time()
             if self.config.train.max_steps and self.state.step >= self.config.train.max_steps:
                 break
+        self.state.input_wait_seconds += waited
         bar.close()
         if self.config.train.max_steps and self.state.step >= self.config.train.max_steps and self.state.batch_in_epoch < (total or 0):
             return False  # stopped mid-epoch on max_steps: no epoch-end evaluation
@@ -400,12 +408,19 @@ class Trainer:
         dev_loss, results = decode_dataset(self.steps, self.strategy.experimental_distribute_dataset(dataset), self.vocab, self.dev_by_id)
         rates = evaluate.error_rates([r["reference"] for r in results], [r["hypothesis"] for r in results])
         self.state.train_seconds += time.time() - tick
-        record = dict(epoch=epoch, step=self.state.step, loss=dev_loss, wer=rates["wer"], cer=rates["cer"], minutes=round(self.state.train_seconds / 60, 2))
+        record = dict(
+            epoch=epoch, step=self.state.step, loss=dev_loss, wer=rates["wer"], cer=rates["cer"],
+            minutes=round(self.state.train_seconds / 60, 2),
+            input_wait=round(self.state.input_wait_seconds / max(self.state.train_seconds, 1e-9), 4),
+        )
         self.state.history.append(record)
         with self.writer.as_default(step=self.state.step):
             for key in ("loss", "wer", "cer"):
                 tf.summary.scalar(f"dev/{key}", record[key])
-        log.info("epoch %d step %d (%.1f min): dev loss %.3f WER %.2f%% CER %.2f%%", epoch, self.state.step, record["minutes"], dev_loss, 100 * rates["wer"], 100 * rates["cer"])
+        log.info(
+            "epoch %d step %d (%.1f min, %.1f%% of it waiting for input): dev loss %.3f WER %.2f%% CER %.2f%%",
+            epoch, self.state.step, record["minutes"], 100 * record["input_wait"], dev_loss, 100 * rates["wer"], 100 * rates["cer"],
+        )
         for r in results[:NUM_EXAMPLES]:
             log.info("  %s\n    ref: %s\n    hyp: %s", r["id"], r["reference"], r["hypothesis"])
         return record

@@ -10,9 +10,8 @@ and a whole epoch of make_dataset over the subset (2 parallel calls), bucketed b
 (bucket_width 1 s; the 100 files above are cached already) and then in random batches (all
 cached), with the fraction of padded frames in each. Wall-clock figures; CPU time in brackets.
 
-    PYTHONPATH=. python bench/features.py [--data ../shared/data/librispeech_small] [--num-files 100]
+    python bench/features.py [--data ../shared/data/librispeech_small] [--num-files 100]
 
-(PYTHONPATH=. until data_scripts is listed in pyproject's packages)
 """
 
 import argparse
