@@ -98,9 +98,26 @@ def cmd_evaluate(args) -> int:
 COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate}
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 closed off: its C++ start-up lines (oneDNN, CUDA
+    probing) are printed before any logging setting can apply, and a CPU user needs none of them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow
+
+        tensorflow.config.list_logical_devices()  # device start-up, where CUDA probing complains
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = _parser().parse_args(argv)
+    _import_tensorflow_quietly()
     from asr.errors import AsrError
 
     try:
