@@ -14,7 +14,7 @@ import tensorflow as tf
 from asr.config import FeatureConfig
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureStats, atomic_write_text, features_for_model, frames_for_duration
-from asr.text import Vocabulary
+from asr.text import Vocabulary, normalize_text
 
 LABEL_PAD = 0  # value of padded label positions (the blank; label_lengths says where labels end)
 FEATURE_PAD = 0.0  # value of padded feature frames (the normalized mean)
@@ -28,7 +28,7 @@ class Utterance:
     id: str  # unique within a manifest
     audio_filepath: str  # absolute path to the audio file
     duration: float  # seconds
-    text: str  # transcript (normalized when prepared by data_scripts)
+    text: str  # transcript, normalized (asr.text.normalize_text: lower case, no punctuation)
     speaker: str | None = None
 
 
@@ -39,6 +39,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     """Reads a JSONL manifest: one {"audio_filepath", "duration", "text"} object per line (NeMo).
 
     Optional keys: "id" (default: the audio file's stem) and "speaker"; other keys are ignored.
+    Texts are normalized (normalize_text), so "Hello, World!" trains and scores as "hello world".
     Relative audio paths resolve against the manifest's folder. A malformed line, a missing audio
     file or a repeated id raises DataError naming the manifest and the line number.
     """
@@ -85,7 +86,7 @@ def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
         id=str(entry.get("id", audio_path.stem)),
         audio_filepath=str(audio_path),
         duration=float(duration),
-        text=text,
+        text=normalize_text(text),
         speaker=None if speaker is None else str(speaker),
     )
 

@@ -10,7 +10,6 @@ import tensorflow as tf
 from asr import checkpoint, ctc, evaluate
 from asr.features import features_for_model
 from asr.model import AcousticModel
-from asr.text import normalize_text
 
 MAX_BATCH_FRAMES = 60_000  # feature frames (10 ms each) per inference batch: bounds memory on long files
 
@@ -84,6 +83,6 @@ def evaluate_manifest(recognizer: Recognizer, utterances, beam_width: int = 1) -
     feats = [recognizer.features(u.audio_filepath) for u in utterances]
     hyps = recognizer.transcribe_features(feats, beam_width)
     return [
-        dict(id=u.id, reference=normalize_text(u.text), hypothesis=h, speaker=u.speaker, duration=u.duration)
+        dict(id=u.id, reference=u.text, hypothesis=h, speaker=u.speaker, duration=u.duration)
         for u, h in zip(utterances, hyps)
     ]

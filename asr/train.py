@@ -319,7 +319,6 @@ class Trainer:
             "model: %s, %d parameters; %d training and %d dev utterances",
             self.config.model.cell, self.model.num_parameters(), len(self.train_utts), len(self.dev_utts),
         )
-        start = time.time()
         while not self.done():
             stopped_early = self.train_one_epoch()
             if stopped_early:

@@ -157,3 +157,17 @@ def test_global_normalization_needs_stats(corpus):
     first = corpus[0]  # the shortest comes first
     expected = features_for_model(first.audio_filepath, cfg, stats)
     np.testing.assert_array_equal(batch["features"][0, : len(expected)], expected)
+
+
+def test_manifest_text_is_normalized(tmp_path):
+    """A user's manifest may hold raw transcripts: they are normalized once, on reading."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from asr.data import read_manifest
+
+    sf.write(tmp_path / "a.wav", np.zeros(1600, "f4"), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": "a.wav", "duration": 0.1, "text": "Hello,  World! It's"}) + "\n")
+    assert read_manifest(tmp_path / "m.jsonl")[0].text == "hello world it's"
