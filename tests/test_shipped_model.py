@@ -1,0 +1,54 @@
+"""The model committed under recipes/librispeech_small/model works right after installation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from asr.cli import main
+from asr.evaluate import error_rates
+
+MODEL = Path(__file__).resolve().parents[1] / "recipes" / "librispeech_small" / "model"
+DEV_UTTERANCE = ("7312/92432/7312-92432-0000.flac", "7312-92432-0000")  # a held-out (dev) speaker
+
+
+def reference(root: Path) -> tuple[Path, str]:
+    audio = root / "LibriSpeech" / "train-clean-5" / DEV_UTTERANCE[0]
+    transcript = audio.parent / ("-".join(DEV_UTTERANCE[1].split("-")[:2]) + ".trans.txt")
+    line = next(line for line in transcript.read_text().splitlines() if line.startswith(DEV_UTTERANCE[1]))
+    return audio, line.split(" ", 1)[1].lower()
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    import asr
+
+    return asr.load_model(MODEL)
+
+
+def test_transcribes_an_unseen_speaker(recognizer, librispeech_root):
+    audio, text = reference(librispeech_root)
+    hyp = recognizer.transcribe([audio])[0]
+    assert error_rates([text], [hyp])["cer"] < 0.4, (text, hyp)
+
+
+def test_any_rate_and_stereo_give_the_same_transcript(recognizer, librispeech_root, tmp_path):
+    audio, _ = reference(librispeech_root)
+    samples, rate = sf.read(audio, dtype="float32")
+    stereo = np.stack([soxr.resample(samples, rate, 44100)] * 2, axis=1)
+    sf.write(tmp_path / "stereo44k.wav", stereo, 44100)
+    original, converted = recognizer.transcribe([audio, tmp_path / "stereo44k.wav"])
+    assert error_rates([original], [converted])["cer"] < 0.1, (original, converted)
+
+
+def test_long_file_and_cli(librispeech_root, tmp_path, capsys):
+    """A three-minute file goes through `asr transcribe` in one piece."""
+    audio, text = reference(librispeech_root)
+    samples, rate = sf.read(audio, dtype="float32")
+    repeats = int(np.ceil(180 * rate / len(samples)))
+    sf.write(tmp_path / "long.flac", np.tile(samples, repeats), rate)
+    assert main(["transcribe", str(MODEL), str(tmp_path / "long.flac"), "--beam-width", "4"]) == 0
+    words = capsys.readouterr().out.split()
+    assert len(words) > repeats * len(text.split()) * 0.6
