@@ -22,6 +22,8 @@ import numpy as np
 
 from asr import config as config_lib
 from asr.errors import DataError
+from asr.features import FeatureStats, atomic_write_text
+from asr.text import Vocabulary
 
 LATEST = "latest"  # file in the checkpoint folder naming the newest complete checkpoint
 KEEP = 2  # checkpoints kept besides the newest
@@ -94,9 +96,6 @@ def save_model_dir(model_dir: str | Path, model, config, vocab, stats) -> Path:
 
 def read_model_meta(model_dir: str | Path):
     """(config, vocab, stats) of a model directory, without building the model."""
-    from asr.features import FeatureStats
-    from asr.text import Vocabulary
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise DataError(f"{model_dir}: no such model directory (train one with 'asr train RECIPE_DIR')")
@@ -126,9 +125,7 @@ def save_checkpoint(ckpt_root: str | Path, model, optimizer, state: dict, config
     _save_arrays(tmp / "optimizer.npz", optimizer.variables)
     _write_json(tmp / "state.json", state)
     _replace_dir(tmp, final)
-    pointer = ckpt_root / f".{LATEST}.tmp"
-    pointer.write_text(final.name + "\n")
-    os.replace(pointer, ckpt_root / LATEST)
+    atomic_write_text(ckpt_root / LATEST, final.name + "\n")
     for stale in sorted(ckpt_root.glob("ckpt-*"))[: -(KEEP + 1)]:
         shutil.rmtree(stale, ignore_errors=True)
     return final

@@ -113,6 +113,9 @@ class Config:
 
     def validate(self) -> "Config":
         _check(self.task in ("ctc", "classify"), "task", "'ctc' or 'classify'")
+        if self.task == "ctc":
+            _check(self.data.corpus in ("librispeech", "manifest"), "data.corpus", "'librispeech' or 'manifest' for a CTC recipe")
+            _check(self.data.corpus != "manifest" or bool(self.data.train_manifest), "data.train_manifest", "a JSONL manifest when data.corpus is 'manifest'")
         for section in (self.features, self.model, self.train):
             section.validate()
         _check(len(set(self.text.alphabet)) == len(self.text.alphabet), "text.alphabet", "distinct characters")

@@ -16,8 +16,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from asr import checkpoint, ctc, evaluate
-from asr.config import Config
+from asr.config import Config, to_dict
 from asr.data import make_dataset, read_manifest
+from asr.errors import ConfigError
 from asr.features import FeatureStats, compute_stats
 from asr.model import AcousticModel, output_lengths
 from asr.text import Vocabulary
@@ -39,12 +40,8 @@ def prepare_data(config: Config, exp_dir: Path):
     data = config.data
     if data.corpus == "manifest":
         root = Path(data.data_dir or ".")
-        if not data.train_manifest:
-            raise_config("data.train_manifest", "a JSONL manifest when data.corpus is 'manifest'")
         dev = read_manifest(root / data.dev_manifest) if data.dev_manifest else []
         return read_manifest(root / data.train_manifest), dev
-    if data.corpus != "librispeech":
-        raise_config("data.corpus", "'librispeech' or 'manifest' for a CTC recipe")
     from data_scripts import librispeech
 
     root = Path(data.data_dir) if data.data_dir else exp_dir / "corpus"
@@ -54,12 +51,6 @@ def prepare_data(config: Config, exp_dir: Path):
         root, exp_dir / "data", data.subsets, dev_speakers=data.dev_speakers, alphabet=config.text.alphabet
     )
     return read_manifest(train_path), read_manifest(dev_path) if data.dev_speakers else []
-
-
-def raise_config(key: str, expected: str):
-    from asr.errors import ConfigError
-
-    raise ConfigError(f"config key '{key}': expected {expected}")
 
 
 def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | None:
@@ -301,8 +292,6 @@ class Trainer:
         self._save_config()
 
     def _save_config(self) -> None:
-        from asr.config import to_dict
-
         (self.exp_dir / "config.json").write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
 
     def save(self) -> None:
@@ -428,8 +417,6 @@ class Trainer:
 def check_resumable(saved: Config, config: Config, path: Path) -> None:
     """A run resumes with the recipe given now (more epochs, another learning rate...), but the
     sections that shape the weights, features and labels must be those of the checkpoint."""
-    from asr.errors import ConfigError
-
     for section in ("features", "text", "model", "task"):
         if getattr(saved, section) != getattr(config, section):
             raise ConfigError(

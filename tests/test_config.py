@@ -61,3 +61,10 @@ def test_config_is_frozen():
     config = Config()
     with pytest.raises(Exception):
         config.model.num_units = 3
+
+
+def test_ctc_recipe_corpus_is_checked():
+    with pytest.raises(ConfigError, match=r"'data\.corpus'"):
+        from_dict({"data": {"corpus": "mnist"}})
+    with pytest.raises(ConfigError, match=r"'data\.train_manifest'"):
+        from_dict({"data": {"corpus": "manifest"}})
