@@ -35,6 +35,18 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def change_speed(audio: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Plays a waveform `factor` times faster (tempo and pitch together, as Kaldi's speed perturbation).
+
+    float32 [samples] -> float32 [round(samples / factor)] at the same rate: the samples are read
+    as if recorded at sample_rate * factor and resampled back to sample_rate with soxr.
+    """
+    if factor == 1.0:
+        return audio
+    out = soxr.resample(audio, sample_rate * factor, sample_rate, quality=RESAMPLE_QUALITY)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def _read(path: Path) -> tuple[np.ndarray, int]:
     """Decodes the whole file: float32 [samples, channels] and its sample rate (Hz)."""
     if not path.is_file():

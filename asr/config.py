@@ -96,6 +96,29 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time data augmentation; dev scoring, evaluation and transcription never see it."""
+
+    speeds: tuple[float, ...] = (1.0,)  # speed perturbation factors (Kaldi/icefall use 0.9, 1.0, 1.1); one is drawn per batch
+    freq_masks: int = 0  # SpecAugment frequency masks per utterance, applied to the mel bands behind the MFCCs
+    freq_mask_bands: int = 0  # widest frequency mask, in mel bands (of features.n_mels)
+    time_masks: int = 0  # SpecAugment time masks per utterance
+    time_mask_frames: int = 0  # widest time mask, in feature frames (10 ms each at the default hop)
+    time_mask_max_fraction: float = 0.2  # no time mask covers more than this fraction of its utterance
+
+    @property
+    def active(self) -> bool:
+        return self.speeds != (1.0,) or (self.freq_masks > 0 and self.freq_mask_bands > 0) or (self.time_masks > 0 and self.time_mask_frames > 0)
+
+    def validate(self, features: FeatureConfig) -> None:
+        _check(len(self.speeds) > 0 and all(0.5 <= s <= 2.0 for s in self.speeds), "augment.speeds", "a list of speed factors between 0.5 and 2.0")
+        for key in ("freq_masks", "freq_mask_bands", "time_masks", "time_mask_frames"):
+            _check(getattr(self, key) >= 0, f"augment.{key}", "a count >= 0")
+        _check(self.freq_mask_bands <= features.n_mels, "augment.freq_mask_bands", f"at most features.n_mels ({features.n_mels})")
+        _check(0.0 <= self.time_mask_max_fraction <= 1.0, "augment.time_mask_max_fraction", "a fraction in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     beam_width: int = 1  # 1 = greedy; more = CTC prefix beam search
 
@@ -109,6 +132,7 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
     decode: DecodeConfig = DecodeConfig()
 
     def validate(self) -> "Config":
@@ -118,6 +142,7 @@ class Config:
             _check(self.data.corpus != "manifest" or bool(self.data.train_manifest), "data.train_manifest", "a JSONL manifest when data.corpus is 'manifest'")
         for section in (self.features, self.model, self.train):
             section.validate()
+        self.augment.validate(self.features)
         _check(len(set(self.text.alphabet)) == len(self.text.alphabet), "text.alphabet", "distinct characters")
         return self
 
@@ -177,10 +202,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         hint = next(a for a in args if a is not type(None))
         return _coerce(value, hint, name)
     if origin is tuple:
-        if isinstance(value, (str, int)):
+        if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{name}': expected a list, got {value!r}")
+        if args and args[0] is float:
+            return tuple(_coerce(v, float, name) for v in value)
         return tuple(str(v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):

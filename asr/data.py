@@ -11,7 +11,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from asr.config import FeatureConfig
+from asr.augment import spec_augment
+from asr.config import AugmentConfig, FeatureConfig
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureStats, atomic_write_text, features_for_model, frames_for_duration
 from asr.text import Vocabulary, normalize_text
@@ -119,12 +120,14 @@ def filter_utterances(
     feature_cfg: FeatureConfig,
     output_length_fn: Callable[[int], int] | None = None,
     max_duration: float | None = None,
+    fastest: float = 1.0,
 ) -> tuple[list[tuple[Utterance, list[int]]], list[tuple[str, str]]]:
     """Keeps what can be trained on; returns ([(utterance, label ids)], skipped [(id, reason)]).
 
     Skipped: longer than max_duration (s); characters outside the vocabulary; too few output steps
     for CTC (output_length_fn(frames) < labels + adjacent repeats, frames estimated from the
-    manifest duration). output_length_fn None: one output step per feature frame.
+    manifest duration, played at the fastest speed perturbation). output_length_fn None: one
+    output step per feature frame.
     """
     kept, skipped = [], []
     for utt in utterances:
@@ -136,7 +139,7 @@ def filter_utterances(
             skipped.append((utt.id, f"characters outside the vocabulary: {', '.join(repr(c) for c in sorted(oov))}"))
             continue
         labels = vocab.encode(utt.text)
-        frames = frames_for_duration(utt.duration, feature_cfg)
+        frames = frames_for_duration(utt.duration / fastest, feature_cfg)
         steps = output_length_fn(frames) if output_length_fn else frames
         needed = ctc_min_length(labels)
         if steps < needed:
@@ -187,6 +190,7 @@ def make_dataset(
     max_duration: float | None = None,
     num_parallel_calls: int = 2,
     start_batch: int = 0,
+    augment: AugmentConfig | None = None,
 ) -> tuple[tf.data.Dataset, list[tuple[str, str]]]:
     """Batches of model inputs for one epoch, and the utterances skipped as (id, reason).
 
@@ -200,16 +204,23 @@ def make_dataset(
     and is fixed (shortest first) otherwise. To resume mid-epoch, pass start_batch=n: the same as
     dataset.skip(n), which also works but loads the skipped batches' features first.
     Features are loaded by num_parallel_calls parallel workers and PREFETCH_BATCHES are prefetched.
+
+    augment (training only): each batch plays at one of augment.speeds and each utterance gets
+    SpecAugment masks (augment.spec_augment), drawn from a generator seeded by (seed, epoch,
+    batch number), so an epoch, and a resumed one, sees the same augmentation every time.
     """
     if feature_cfg.normalization == "global" and stats is None:
         raise ConfigError("features.normalization 'global' needs feature statistics: compute_stats() on the training files")
-    kept, skipped = filter_utterances(utterances, vocab, feature_cfg, output_length_fn, max_duration)
-    plan = plan_batches([u.duration for u, _ in kept], batch_size, bucket_width, training, seed, epoch)[start_batch:]
-    loader = _BatchLoader([u for u, _ in kept], [labels for _, labels in kept], feature_cfg, stats, cache_dir)
+    augment = augment if training and augment is not None and augment.active else None
+    fastest = max(augment.speeds) if augment else 1.0
+    kept, skipped = filter_utterances(utterances, vocab, feature_cfg, output_length_fn, max_duration, fastest)
+    plan = plan_batches([u.duration for u, _ in kept], batch_size, bucket_width, training, seed, epoch)
+    loader = _BatchLoader([u for u, _ in kept], [labels for _, labels in kept], feature_cfg, stats, cache_dir, augment, (seed, epoch))
     index = np.full((len(plan), batch_size), -1, dtype=np.int64)  # rows of utterance indices, -1 past a short batch
     for row, batch in enumerate(plan):
         index[row, : len(batch)] = batch
-    dataset = tf.data.Dataset.from_tensor_slices(index)
+    numbers = np.arange(len(plan), dtype=np.int64)  # a batch's number in the epoch seeds its augmentation
+    dataset = tf.data.Dataset.from_tensor_slices((index[start_batch:], numbers[start_batch:]))
     dataset = dataset.map(loader.tf_load, num_parallel_calls=max(1, num_parallel_calls), deterministic=True)
     return dataset.prefetch(PREFETCH_BATCHES), skipped
 
@@ -217,16 +228,20 @@ def make_dataset(
 class _BatchLoader:
     """Loads and pads one batch from a row of utterance indices (runs inside tf.numpy_function)."""
 
-    def __init__(self, utterances, labels, cfg, stats, cache_dir):
+    def __init__(self, utterances, labels, cfg, stats, cache_dir, augment: AugmentConfig | None, seed: tuple[int, int]):
         self.paths = [u.audio_filepath for u in utterances]
         self.ids = [u.id.encode() for u in utterances]
         self.labels = labels
         self.cfg, self.stats, self.cache_dir = cfg, stats, cache_dir
+        self.augment, self.seed = augment, seed
 
-    def load(self, row: np.ndarray):
-        """int64 [batch_size] (-1 = none) -> features, feature_lengths, labels, label_lengths, ids."""
+    def load(self, row: np.ndarray, number: np.int64):
+        """int64 [batch_size] (-1 = none), batch number -> features, feature_lengths, labels, label_lengths, ids."""
         idx = [int(i) for i in row if i >= 0]
-        feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir) for i in idx]
+        if self.augment is None:
+            feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir) for i in idx]
+        else:
+            feats = self._load_augmented(idx, int(number))
         labels = [self.labels[i] for i in idx]
         feat_lengths = np.array([f.shape[0] for f in feats], dtype=np.int32)
         label_lengths = np.array([len(seq) for seq in labels], dtype=np.int32)
@@ -238,8 +253,17 @@ class _BatchLoader:
         ids = np.array([self.ids[i] for i in idx], dtype=object)
         return features, feat_lengths, padded_labels, label_lengths, ids
 
-    def tf_load(self, row: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = tf.numpy_function(self.load, [row], [tf.float32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)
+    def _load_augmented(self, idx: list[int], number: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([*self.seed, number])
+        speed = float(rng.choice(self.augment.speeds))
+
+        def mask(raw, mean):
+            return spec_augment(raw, mean, self.cfg, self.augment, rng)
+
+        return [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir, speed, mask) for i in idx]
+
+    def tf_load(self, row: tf.Tensor, number: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = tf.numpy_function(self.load, [row, number], [tf.float32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)
         features, feat_lengths, labels, label_lengths, ids = out
         features.set_shape([None, None, self.cfg.num_features])
         for t, rank in ((feat_lengths, 1), (labels, 2), (label_lengths, 1), (ids, 1)):

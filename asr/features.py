@@ -11,7 +11,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import librosa
 import numpy as np
@@ -20,7 +20,7 @@ import scipy.ndimage
 import scipy.sparse
 import scipy.signal
 
-from asr.audio import load_audio
+from asr.audio import change_speed, load_audio
 from asr.config import FeatureConfig
 from asr.errors import ConfigError, DataError
 
@@ -70,6 +70,11 @@ def _analysis(cfg: FeatureConfig) -> _Analysis:
     dct = scipy.fft.dct(np.eye(cfg.n_mels), axis=0, type=2, norm="ortho")[: cfg.n_mfcc].astype(np.float32)
     kernels = tuple(scipy.signal.savgol_coeffs(DELTA_WIDTH, order, deriv=order).astype(np.float32) for order in (1, 2))
     return _Analysis(hop_samples(cfg), n_fft, window.astype(np.float32), scipy.sparse.csr_array(mel), dct, kernels)
+
+
+def mel_to_mfcc_matrix(cfg: FeatureConfig) -> np.ndarray:
+    """float32 [n_mfcc, n_mels]: the orthonormal DCT-II rows that turn a log-mel frame into MFCCs."""
+    return _analysis(cfg).dct
 
 
 def compute_features(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -183,33 +188,61 @@ def normalize(feats: np.ndarray, cfg: FeatureConfig, stats: FeatureStats | None)
 # --- cache and the one path from file to model input ---------------------------------------------
 
 
-def extract(path: str | Path, cfg: FeatureConfig, cache_dir: str | Path | None = None) -> np.ndarray:
+def extract(path: str | Path, cfg: FeatureConfig, cache_dir: str | Path | None = None, speed: float = 1.0) -> np.ndarray:
     """Raw features float32 [T, F] of an audio file, computed once and reused from cache_dir.
 
-    An entry is keyed by the resolved path, the file's size and mtime and the feature config, so
-    a changed file or config is recomputed. Entries are written atomically (several processes may
-    share the cache) and read with allow_pickle=False. cache_dir None: no caching.
+    speed != 1 extracts them from the audio played that many times faster (audio.change_speed;
+    training-time speed perturbation), T shrinking about in proportion. An entry is keyed by the
+    resolved path, the file's size and mtime, the feature config and the speed, so a changed file
+    or config is recomputed. Entries are written atomically (several processes may share the
+    cache) and read with allow_pickle=False. cache_dir None: no caching.
     """
     if cache_dir is None:
-        return compute_features(load_audio(path, cfg.sample_rate), cfg)
-    entry = Path(cache_dir) / f"{_cache_key(Path(path), cfg)}.npy"
+        return _compute(path, cfg, speed)
+    entry = Path(cache_dir) / f"{_cache_key(Path(path), cfg, speed)}.npy"
     cached = _read_cache(entry, cfg)
     if cached is not None:
         return cached
-    feats = compute_features(load_audio(path, cfg.sample_rate), cfg)
+    feats = _compute(path, cfg, speed)
     _write_cache(entry, feats)
     return feats
 
 
-def features_for_model(path: str | Path, cfg: FeatureConfig, stats: FeatureStats | None, cache_dir: str | Path | None = None) -> np.ndarray:
+def _compute(path: str | Path, cfg: FeatureConfig, speed: float) -> np.ndarray:
+    return compute_features(change_speed(load_audio(path, cfg.sample_rate), speed, cfg.sample_rate), cfg)
+
+
+def features_for_model(
+    path: str | Path,
+    cfg: FeatureConfig,
+    stats: FeatureStats | None,
+    cache_dir: str | Path | None = None,
+    speed: float = 1.0,
+    augment: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """The model's input for an audio file, float32 [T, F]: load -> MFCC -> normalize.
 
-    The one feature path of the project: training batches and inference both call it.
+    The one feature path of the project: training batches and inference both call it. Training
+    may add speed perturbation (speed) and a masking function augment(raw [T, F], mean [F]) -> raw
+    [T, F] (augment.spec_augment), which sees the raw features and the mean that normalization
+    will subtract, so that a masked value becomes 0 after global normalization.
     """
-    return normalize(extract(path, cfg, cache_dir), cfg, stats)
+    raw = extract(path, cfg, cache_dir, speed)
+    if augment is not None:
+        raw = augment(raw, normalization_mean(raw, cfg, stats))
+    return normalize(raw, cfg, stats)
 
 
-def _cache_key(path: Path, cfg: FeatureConfig) -> str:
+def normalization_mean(raw: np.ndarray, cfg: FeatureConfig, stats: FeatureStats | None) -> np.ndarray:
+    """float32 [F]: what normalize() subtracts from these raw features [T, F]."""
+    if cfg.normalization == "utterance":
+        return raw.mean(axis=0)
+    if stats is None:
+        raise ConfigError("features.normalization 'global' needs feature statistics computed on the training set")
+    return stats.mean
+
+
+def _cache_key(path: Path, cfg: FeatureConfig, speed: float = 1.0) -> str:
     resolved = path.resolve()
     try:
         st = resolved.stat()
@@ -217,7 +250,8 @@ def _cache_key(path: Path, cfg: FeatureConfig) -> str:
         raise DataError(f"{path}: audio file not found") from None
     # normalization is applied after the cache, so it is left out: both modes share entries.
     raw_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "normalization"}
-    ident = json.dumps([CACHE_VERSION, str(resolved), st.st_size, st.st_mtime_ns, raw_cfg], sort_keys=True)
+    key = [CACHE_VERSION, str(resolved), st.st_size, st.st_mtime_ns, raw_cfg] + ([] if speed == 1.0 else [speed])
+    ident = json.dumps(key, sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 

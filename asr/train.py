@@ -82,6 +82,7 @@ def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int
         max_duration=config.data.max_duration if training else None,
         num_parallel_calls=config.data.num_parallel_calls,
         start_batch=start_batch,
+        augment=config.augment,
     )
     return dataset, skipped
 

@@ -68,3 +68,16 @@ def test_ctc_recipe_corpus_is_checked():
         from_dict({"data": {"corpus": "mnist"}})
     with pytest.raises(ConfigError, match=r"'data\.train_manifest'"):
         from_dict({"data": {"corpus": "manifest"}})
+
+
+def test_augment_section_is_typed_and_checked():
+    config = from_dict({"augment": {"speeds": [0.9, 1, "1.1"], "freq_masks": 2, "freq_mask_bands": 10}})
+    assert config.augment.speeds == (0.9, 1.0, 1.1) and config.augment.active
+    assert from_dict({"augment": {"speeds": 1.1}}).augment.speeds == (1.1,)
+    assert not Config().augment.active  # no augmentation unless a recipe asks for it
+    with pytest.raises(ConfigError, match="'augment.speeds'"):
+        from_dict({"augment": {"speeds": [0.0, 1.0]}})
+    with pytest.raises(ConfigError, match="'augment.speeds'"):
+        from_dict({"augment": {"speeds": ["fast"]}})
+    with pytest.raises(ConfigError, match="'augment.freq_mask_bands': expected at most features.n_mels"):
+        from_dict({"augment": {"freq_mask_bands": 41}})
