@@ -239,7 +239,7 @@ class TrainState:
     step: int = 0  # optimizer updates applied
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already consumed
-    best: dict | None = None  # the best dev record so far (lowest WER; ties broken by CER, then loss)
+    best: dict | None = None  # the best dev record so far (by dev_score: lowest WER, CER on the CTC plateau)
     epochs_without_improvement: int = 0
     skipped_batches: int = 0  # batches skipped for a non-finite loss or gradient
     train_seconds: float = 0.0  # wall time spent in training steps and dev evaluation, over all resumes
@@ -254,12 +254,20 @@ class TrainState:
         return cls(**d)
 
 
-def _score(record: dict | None) -> tuple:
-    """Order of dev results: WER first; CER and then loss break ties, so that the epochs on the
-    CTC plateau (WER 100%) still count as progress while the loss falls."""
+def dev_score(record: dict | None) -> tuple:
+    """Sort key of dev results, lower is better: the WER, then the CER and the loss break ties.
+
+    On the CTC plateau the WER says nothing: empty transcripts score exactly 100% and the first
+    garbled ones score more, so early stopping on the WER alone would stop a run that is
+    learning, and keep its empty first epoch. Results with a WER of 100% or more therefore rank
+    after every result below 100%, and among themselves by CER.
+    """
     if record is None:
         return (math.inf,)
-    return (record["wer"], record["cer"], record["loss"] if math.isfinite(record["loss"]) else math.inf)
+    loss = record["loss"] if math.isfinite(record["loss"]) else math.inf
+    if record["wer"] >= 1.0:
+        return (1, record["cer"], record["wer"], loss)
+    return (0, record["wer"], record["cer"], loss)
 
 
 class Trainer:
@@ -375,7 +383,7 @@ class Trainer:
         stop = False
         if self.dev_utts:
             record = self.evaluate_dev(epoch)
-            if _score(record) < _score(self.state.best):
+            if dev_score(record) < dev_score(self.state.best):
                 self.state.best = record
                 self.state.epochs_without_improvement = 0
                 checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)

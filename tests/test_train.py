@@ -188,3 +188,21 @@ def test_non_finite_loss_skips_the_batch_and_names_it(tmp_path, librispeech_root
     # The next clean batch trains as usual.
     trainer._train_batch(dict(next(iter(dataset))), Bar())
     assert trainer.state.step == 1
+
+
+def test_dev_score_ranks_the_ctc_plateau_by_cer():
+    from asr.train import dev_score
+
+    def record(wer, cer, loss=100.0):
+        return dict(wer=wer, cer=cer, loss=loss)
+
+    # The first eight epochs of a real run with augmentation: an empty first epoch (WER exactly
+    # 100%), then garbled transcripts (WER above 100%) with a CER falling fast. Ranking by WER
+    # alone kept epoch 1 and stopped the run early; every one of these epochs is progress.
+    plateau = [(1.0, 1.0), (1.0, 0.9244), (1.2142, 0.6002), (1.1428, 0.5318), (1.0763, 0.4877), (1.0053, 0.4293)]
+    scores = [dev_score(record(w, c)) for w, c in plateau]
+    assert scores == sorted(scores, reverse=True)
+    # below 100% WER the WER decides, and any such epoch beats every plateau epoch
+    assert dev_score(record(0.99, 0.45)) < dev_score(record(1.0, 0.30))
+    assert dev_score(record(0.80, 0.33)) < dev_score(record(0.82, 0.32))
+    assert dev_score(record(0.80, 0.33, 90.0)) < dev_score(record(0.80, 0.33, float("nan"))) < dev_score(None)
