@@ -36,19 +36,24 @@ def _save_arrays(path: Path, variables) -> None:
 
 
 def _load_arrays(path: Path, variables, what: str) -> None:
+    arrays = _read_arrays(path, what)
+    if len(arrays) != len(variables):
+        raise DataError(
+            f"{path}: holds {len(arrays)} {what} arrays but the model has {len(variables)} "
+            "(config.json does not match these weights)"
+        )
+    for i, (var, value) in enumerate(zip(variables, arrays)):
+        if tuple(value.shape) != tuple(var.shape):
+            raise DataError(f"{path}: array {i} ({var.path}) has shape {value.shape}, expected {tuple(var.shape)}")
+        var.assign(value)
+
+
+def _read_arrays(path: Path, what: str = "weight") -> list[np.ndarray]:
+    """The arrays of an .npz written by _save_arrays, in order (never unpickles)."""
     if not path.is_file():
         raise DataError(f"{path}: missing {what} file (the model directory is incomplete; re-export it)")
     with np.load(path, allow_pickle=False) as data:
-        if len(data.files) != len(variables):
-            raise DataError(
-                f"{path}: holds {len(data.files)} {what} arrays but the model has {len(variables)} "
-                "(config.json does not match these weights)"
-            )
-        for i, var in enumerate(variables):
-            value = data[f"v{i:04d}"]
-            if tuple(value.shape) != tuple(var.shape):
-                raise DataError(f"{path}: array {i} ({var.path}) has shape {value.shape}, expected {tuple(var.shape)}")
-            var.assign(value)
+        return [data[f"v{i:04d}"] for i in range(len(data.files))]
 
 
 def _write_json(path: Path, data) -> None:
@@ -109,6 +114,41 @@ def read_model_meta(model_dir: str | Path):
     if stats is None and config.features.normalization == "global":
         raise DataError(f"{stats_path}: missing (the model uses global feature normalization)")
     return config, vocab, stats
+
+
+def average_model_dirs(model_dirs, out_dir: str | Path) -> Path:
+    """Writes a model directory whose weights are the mean of those of model_dirs (or checkpoints).
+
+    Averaging the last epochs of a run (icefall's --avg) smooths out the noise of the final
+    updates; the models must share their features, text and model config (the first one's
+    config, vocabulary and statistics are written). Raises DataError naming a mismatched folder.
+    """
+    dirs = [Path(d) for d in model_dirs]
+    if not dirs:
+        raise DataError("nothing to average: give one or more model or checkpoint directories")
+    first = read_model_meta(dirs[0])[0]
+    total, dtypes = None, None
+    for folder in dirs:
+        config = read_model_meta(folder)[0]
+        for section in ("features", "text", "model"):
+            if getattr(config, section) != getattr(first, section):
+                raise DataError(f"{folder}: config section '{section}' differs from {dirs[0]}'s; only models of one recipe can be averaged")
+        arrays = _read_arrays(folder / "weights.npz")
+        if total is None:
+            total, dtypes = [a.astype(np.float64) for a in arrays], [a.dtype for a in arrays]
+        elif [a.shape for a in arrays] != [t.shape for t in total]:
+            raise DataError(f"{folder / 'weights.npz'}: weight shapes differ from {dirs[0] / 'weights.npz'}")
+        else:
+            total = [t + a for t, a in zip(total, arrays)]
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    for name in ("config.json", "vocab.json", "stats.json"):
+        if (dirs[0] / name).is_file():
+            shutil.copyfile(dirs[0] / name, tmp / name)
+    _save_arrays(tmp / "weights.npz", [(t / len(dirs)).astype(d) for t, d in zip(total, dtypes)])
+    _replace_dir(tmp, out_dir)
+    return out_dir
 
 
 def load_weights(model_dir: str | Path, model) -> None:

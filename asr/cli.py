@@ -1,4 +1,4 @@
-"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate)."""
+"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate, average)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,average}")
 
     p = sub.add_parser("train", help="train the model of a recipe (a folder with config.yaml)")
     p.add_argument("recipe_dir", help="recipe folder, e.g. recipes/librispeech_small or recipes/mnist")
@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help='JSONL manifest: {"audio_filepath", "duration", "text"} per line')
     p.add_argument("--report-dir", help="where report.md/.json/.html go (default: <model_dir>/../reports/<manifest name>)")
     p.add_argument("--beam-width", type=int, default=None, help="CTC beam width (1 = greedy; default: the model's)")
+
+    p = sub.add_parser("average", help="average the weights of several models of one recipe (e.g. its last epochs)")
+    p.add_argument("out_dir", help="the model directory to write")
+    p.add_argument("model_dirs", nargs="+", help="model or checkpoint directories, e.g. exp/librispeech_small/epochs/epoch-*")
     return parser
 
 
@@ -95,7 +99,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate}
+def cmd_average(args) -> int:
+    from asr.checkpoint import average_model_dirs
+
+    out = average_model_dirs(args.model_dirs, args.out_dir)
+    print(f"averaged {len(args.model_dirs)} models into {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "average": cmd_average}
 
 
 def _import_tensorflow_quietly() -> None:

@@ -85,6 +85,7 @@ class TrainConfig:
     lr_floor: float = 0.05  # final learning rate as a fraction of the peak
     clip_norm: float = 5.0  # global gradient-norm clipping
     checkpoint_every: int = 500  # steps between checkpoints (and at every epoch's end)
+    keep_epochs: int = 0  # model directories of the last N epochs kept in exp_dir/epochs/ (for asr average)
     patience: int = 0  # early stopping: epochs without dev-WER improvement (0 = never stop early)
     seed: int = 1234  # weights, dropout and shuffling
     strategy: str = "default"  # "default", "mirrored" (several GPUs) or "multi_worker" (several machines)
@@ -93,6 +94,7 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "train.strategy", "default, mirrored or multi_worker")
         _check(self.learning_rate > 0 and self.clip_norm > 0, "train.learning_rate", "positive learning_rate and clip_norm")
+        _check(self.keep_epochs >= 0, "train.keep_epochs", "a count >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

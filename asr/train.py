@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -396,8 +397,19 @@ class Trainer:
                     log.info("early stopping: no dev WER improvement for %d epochs", patience)
         else:
             checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+        self.keep_epoch_model(epoch)
         self.save()
         return stop
+
+    def keep_epoch_model(self, epoch: int) -> None:
+        """Keeps this epoch's weights as exp_dir/epochs/epoch-NNN (the last train.keep_epochs of them)."""
+        keep = self.config.train.keep_epochs
+        if not keep:
+            return
+        folder = self.exp_dir / "epochs"
+        checkpoint.save_model_dir(folder / f"epoch-{epoch:03d}", self.model, self.config, self.vocab, self.stats)
+        for stale in sorted(folder.glob("epoch-*"))[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
 
     def evaluate_dev(self, epoch: int) -> dict:
         tick = time.time()

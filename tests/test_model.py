@@ -94,3 +94,35 @@ def test_model_dir_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{not json")
     with pytest.raises(DataError, match="config.json: not valid JSON"):
         checkpoint.read_model_meta(tmp_path / "m")
+
+
+def test_averaging_model_dirs(tmp_path, capsys):
+    from asr.cli import main
+
+    config, vocab = _config(), Vocabulary(Config().text.alphabet)
+    stats = FeatureStats(mean=np.zeros(5, "f4"), std=np.ones(5, "f4"))
+    models = []
+    for seed in (1, 2, 3):
+        model = AcousticModel(config.model, config.features.num_features, vocab.size, seed=seed)
+        model.build_weights()
+        checkpoint.save_model_dir(tmp_path / f"m{seed}", model, config, vocab, stats)
+        models.append(model)
+    assert main(["average", str(tmp_path / "avg"), *(str(tmp_path / f"m{s}") for s in (1, 2, 3))]) == 0
+    assert "averaged 3 models" in capsys.readouterr().out
+    config2, _, _ = checkpoint.read_model_meta(tmp_path / "avg")
+    averaged = AcousticModel(config2.model, config2.features.num_features, vocab.size, seed=9)
+    averaged.build_weights()
+    checkpoint.load_weights(tmp_path / "avg", averaged)
+    for i, var in enumerate(averaged.weights):
+        expected = np.mean([m.weights[i].numpy() for m in models], axis=0)
+        np.testing.assert_allclose(var.numpy(), expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(averaged.weights[0].numpy(), models[0].weights[0].numpy())
+
+    wide = from_dict({"model": {"num_layers": 1, "num_units": 16, "frame_stack": 3, "frame_stride": 2}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
+    other = AcousticModel(wide.model, 5, vocab.size)
+    other.build_weights()
+    checkpoint.save_model_dir(tmp_path / "wide", other, wide, vocab, stats)
+    assert main(["average", str(tmp_path / "bad"), str(tmp_path / "m1"), str(tmp_path / "wide")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "wide: config section 'model' differs" in err
+    assert not (tmp_path / "bad").exists()

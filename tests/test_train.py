@@ -87,7 +87,8 @@ def test_cli_train_resume_transcribe_evaluate(tmp_path, librispeech_root, monkey
     assert state["step"] == 3 and state["batch_in_epoch"] == 1 and state["epoch"] == 1
 
     # Resume continues the run from its checkpoint, with its saved data position.
-    assert main(["train", str(folder), "--exp-dir", str(exp), "--resume", "--set", "train.max_steps=5"]) == 0
+    assert main(["train", str(folder), "--exp-dir", str(exp), "--resume", "--set", "train.max_steps=5", "--set", "train.keep_epochs=1"]) == 0
+    assert [p.name for p in (exp / "epochs").iterdir()] == ["epoch-002"]  # the last epoch's weights, for asr average
     log = (exp / "train.log").read_text()
     assert "resumed from ckpt-00000003 at step 3" in log
     state = json.loads((exp / "checkpoints" / (exp / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
