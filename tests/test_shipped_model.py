@@ -11,6 +11,7 @@ from asr.cli import main
 from asr.evaluate import error_rates
 
 MODEL = Path(__file__).resolve().parents[1] / "recipes" / "librispeech_small" / "model"
+README_DEV_CER = 0.2990  # recipes/librispeech_small/README.md, greedy
 DEV_UTTERANCE = ("7312/92432/7312-92432-0000.flac", "7312-92432-0000")  # a held-out (dev) speaker
 
 
@@ -32,6 +33,20 @@ def test_transcribes_an_unseen_speaker(recognizer, librispeech_root):
     audio, text = reference(librispeech_root)
     hyp = recognizer.transcribe([audio])[0]
     assert error_rates([text], [hyp])["cer"] < 0.4, (text, hyp)
+
+
+def test_dev_speakers_score_what_the_readme_says(recognizer, librispeech_root, tmp_path):
+    """Greedy CER on the recipe's 78 held-out utterances: the README's figure, under the 30% target."""
+    from asr.data import read_manifest
+    from asr.inference import evaluate_manifest
+    from data_scripts.librispeech import prepare_librispeech
+
+    config = recognizer.config
+    _, dev_path = prepare_librispeech(librispeech_root, tmp_path, config.data.subsets, config.data.dev_speakers, config.text.alphabet)
+    results = evaluate_manifest(recognizer, read_manifest(dev_path))
+    rates = error_rates([r["reference"] for r in results], [r["hypothesis"] for r in results])
+    assert len(results) == 78
+    assert abs(rates["cer"] - README_DEV_CER) < 0.0005 and rates["cer"] <= 0.30, rates
 
 
 def test_any_rate_and_stereo_give_the_same_transcript(recognizer, librispeech_root, tmp_path):
