@@ -69,6 +69,12 @@ def _read_json(path: Path):
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def _temp_dir_beside(final: Path) -> Path:
+    """A new hidden temporary directory in final's parent (created if needed), to fill and _replace_dir."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Moves a finished temporary directory into place, replacing any older one."""
     old = None
@@ -92,8 +98,7 @@ def _write_model_files(folder: Path, model, config, vocab, stats) -> None:
 def save_model_dir(model_dir: str | Path, model, config, vocab, stats) -> Path:
     """Writes a self-contained model directory atomically."""
     model_dir = Path(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
+    tmp = _temp_dir_beside(model_dir)
     _write_model_files(tmp, model, config, vocab, stats)
     _replace_dir(tmp, model_dir)
     return model_dir
@@ -126,10 +131,10 @@ def average_model_dirs(model_dirs, out_dir: str | Path) -> Path:
     dirs = [Path(d) for d in model_dirs]
     if not dirs:
         raise DataError("nothing to average: give one or more model or checkpoint directories")
-    first = read_model_meta(dirs[0])[0]
-    total, dtypes = None, None
+    first, total, dtypes = None, None, None
     for folder in dirs:
         config = read_model_meta(folder)[0]
+        first = first or config
         for section in ("features", "text", "model"):
             if getattr(config, section) != getattr(first, section):
                 raise DataError(f"{folder}: config section '{section}' differs from {dirs[0]}'s; only models of one recipe can be averaged")
@@ -141,8 +146,7 @@ def average_model_dirs(model_dirs, out_dir: str | Path) -> Path:
         else:
             total = [t + a for t, a in zip(total, arrays)]
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = _temp_dir_beside(out_dir)
     for name in ("config.json", "vocab.json", "stats.json"):
         if (dirs[0] / name).is_file():
             shutil.copyfile(dirs[0] / name, tmp / name)
@@ -158,9 +162,8 @@ def load_weights(model_dir: str | Path, model) -> None:
 def save_checkpoint(ckpt_root: str | Path, model, optimizer, state: dict, config, vocab, stats) -> Path:
     """Writes ckpt_root/ckpt-<step>/ atomically, points ckpt_root/latest at it, prunes old ones."""
     ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"ckpt-{state['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.tmp-", dir=ckpt_root))
+    tmp = _temp_dir_beside(final)
     _write_model_files(tmp, model, config, vocab, stats)
     _save_arrays(tmp / "optimizer.npz", optimizer.variables)
     _write_json(tmp / "state.json", state)

@@ -238,10 +238,8 @@ class _BatchLoader:
     def load(self, row: np.ndarray, number: np.int64):
         """int64 [batch_size] (-1 = none), batch number -> features, feature_lengths, labels, label_lengths, ids."""
         idx = [int(i) for i in row if i >= 0]
-        if self.augment is None:
-            feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir) for i in idx]
-        else:
-            feats = self._load_augmented(idx, int(number))
+        speed, mask = self._augmentation(int(number))
+        feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir, speed, mask) for i in idx]
         labels = [self.labels[i] for i in idx]
         feat_lengths = np.array([f.shape[0] for f in feats], dtype=np.int32)
         label_lengths = np.array([len(seq) for seq in labels], dtype=np.int32)
@@ -253,14 +251,13 @@ class _BatchLoader:
         ids = np.array([self.ids[i] for i in idx], dtype=object)
         return features, feat_lengths, padded_labels, label_lengths, ids
 
-    def _load_augmented(self, idx: list[int], number: int) -> list[np.ndarray]:
+    def _augmentation(self, number: int):
+        """(speed, masking function or None) of batch `number`: (1.0, None) without augmentation."""
+        if self.augment is None:
+            return 1.0, None
         rng = np.random.default_rng([*self.seed, number])
         speed = float(rng.choice(self.augment.speeds))
-
-        def mask(raw, mean):
-            return spec_augment(raw, mean, self.cfg, self.augment, rng)
-
-        return [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir, speed, mask) for i in idx]
+        return speed, lambda raw, mean: spec_augment(raw, mean, self.cfg, self.augment, rng)
 
     def tf_load(self, row: tf.Tensor, number: tf.Tensor) -> dict[str, tf.Tensor]:
         out = tf.numpy_function(self.load, [row, number], [tf.float32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)

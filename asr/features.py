@@ -169,20 +169,24 @@ def compute_stats(paths: Sequence[str | Path], cfg: FeatureConfig, cache_dir: st
 
 
 def normalize(feats: np.ndarray, cfg: FeatureConfig, stats: FeatureStats | None) -> np.ndarray:
-    """[T, F] raw features -> [T, F] float32 with zero mean and unit variance per coefficient.
+    """[T, F] raw features -> [T, F] float32 with zero mean and unit variance per coefficient."""
+    mean, std = normalization(feats, cfg, stats)
+    return ((feats - mean) / std).astype(np.float32, copy=False)
+
+
+def normalization(feats: np.ndarray, cfg: FeatureConfig, stats: FeatureStats | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [F], std [F]) that normalize() applies to these raw features [T, F].
 
     cfg.normalization "global" uses `stats` (training-set statistics, saved with the model);
     "utterance" uses this utterance's own mean and std (stats unused, may be None).
     """
     if cfg.normalization == "utterance":
-        mean, std = feats.mean(axis=0), np.maximum(feats.std(axis=0), STD_FLOOR)
-    else:
-        if stats is None:
-            raise ConfigError("features.normalization 'global' needs feature statistics computed on the training set")
-        if stats.mean.shape[0] != feats.shape[1]:
-            raise ConfigError(f"feature statistics have {stats.mean.shape[0]} coefficients but the features have {feats.shape[1]}: recompute them for this feature config")
-        mean, std = stats.mean, stats.std
-    return ((feats - mean) / std).astype(np.float32, copy=False)
+        return feats.mean(axis=0), np.maximum(feats.std(axis=0), STD_FLOOR)
+    if stats is None:
+        raise ConfigError("features.normalization 'global' needs feature statistics computed on the training set")
+    if stats.mean.shape[0] != feats.shape[1]:
+        raise ConfigError(f"feature statistics have {stats.mean.shape[0]} coefficients but the features have {feats.shape[1]}: recompute them for this feature config")
+    return stats.mean, stats.std
 
 
 # --- cache and the one path from file to model input ---------------------------------------------
@@ -229,17 +233,8 @@ def features_for_model(
     """
     raw = extract(path, cfg, cache_dir, speed)
     if augment is not None:
-        raw = augment(raw, normalization_mean(raw, cfg, stats))
+        raw = augment(raw, normalization(raw, cfg, stats)[0])
     return normalize(raw, cfg, stats)
-
-
-def normalization_mean(raw: np.ndarray, cfg: FeatureConfig, stats: FeatureStats | None) -> np.ndarray:
-    """float32 [F]: what normalize() subtracts from these raw features [T, F]."""
-    if cfg.normalization == "utterance":
-        return raw.mean(axis=0)
-    if stats is None:
-        raise ConfigError("features.normalization 'global' needs feature statistics computed on the training set")
-    return stats.mean
 
 
 def _cache_key(path: Path, cfg: FeatureConfig, speed: float = 1.0) -> str:
