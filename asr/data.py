@@ -14,7 +14,8 @@ import tensorflow as tf
 from asr.augment import spec_augment
 from asr.config import AugmentConfig, FeatureConfig
 from asr.errors import ConfigError, DataError
-from asr.features import FeatureStats, atomic_write_text, features_for_model, frames_for_duration
+from asr.features import FeatureStats, features_for_model, frames_for_duration
+from asr.io import atomic_write_text
 from asr.text import Vocabulary, normalize_text
 
 LABEL_PAD = 0  # value of padded label positions (the blank; label_lengths says where labels end)
@@ -42,7 +43,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     Optional keys: "id" (default: the audio file's stem) and "speaker"; other keys are ignored.
     Texts are normalized (normalize_text), so "Hello, World!" trains and scores as "hello world".
     Relative audio paths resolve against the manifest's folder. A malformed line, a missing audio
-    file or a repeated id raises DataError naming the manifest and the line number.
+    file or a repeated id raises DataError naming the manifest and the line number; so does a
+    manifest without any utterance.
     """
     path = Path(path)
     try:
@@ -58,6 +60,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             raise DataError(f"{path}:{lineno}: id {utt.id!r} already used on line {seen[utt.id]}; give each entry a unique \"id\"")
         seen[utt.id] = lineno
         utterances.append(utt)
+    if not utterances:
+        raise DataError(f"{path}: empty manifest (no utterance lines); each line must be one JSON object with audio_filepath, duration and text")
     return utterances
 
 

@@ -6,12 +6,12 @@ import collections
 import datetime
 import html
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import jiwer
+
+from asr.io import atomic_write_text
 
 TOP_CONFUSIONS = 20  # most frequent substitutions, deletions and insertions listed in a report
 
@@ -238,22 +238,8 @@ def write_report(report: dict, report_dir, command: str, model_dir: str, manifes
     paths = {}
     for kind, (name, text) in texts.items():
         paths[kind] = report_dir / name
-        _write_atomic(paths[kind], text)
+        atomic_write_text(paths[kind], text)
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _percent(rate: float) -> str:

@@ -7,8 +7,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -23,6 +21,7 @@ import scipy.signal
 from asr.audio import change_speed, load_audio
 from asr.config import FeatureConfig
 from asr.errors import ConfigError, DataError
+from asr.io import atomic_open, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -265,25 +264,10 @@ def _read_cache(entry: Path, cfg: FeatureConfig) -> np.ndarray | None:
 
 
 def _write_cache(entry: Path, feats: np.ndarray) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".tmp")
+    """Stores an entry; a failed write (a full disk) costs recomputing it later, not the run."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        # not durable (no fsync): an entry lost or emptied by a power cut is recomputed on reading
+        with atomic_open(entry, "wb", durable=False) as f:
             np.save(f, feats, allow_pickle=False)
-        os.replace(tmp, entry)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes text to path through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        log.warning("feature cache entry %s not written (%s); features are recomputed when needed", entry, exc.strerror or exc)
