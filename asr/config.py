@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -33,13 +34,22 @@ class FeatureConfig:
 
     def validate(self) -> None:
         _check(self.normalization in ("global", "utterance"), "features.normalization", "'global' or 'utterance'")
-        _check(self.sample_rate > 0 and self.n_mfcc > 0 and self.n_mels >= self.n_mfcc, "features", "positive sizes with n_mels >= n_mfcc")
-        _check(0 < self.hop_ms <= self.win_ms, "features.hop_ms", "0 < hop_ms <= win_ms")
+        _check(self.sample_rate >= 1000, "features.sample_rate", "a rate of at least 1000 Hz")
+        _check(self.n_mfcc >= 1, "features.n_mfcc", "at least 1 coefficient")
+        _check(self.n_mels >= self.n_mfcc, "features.n_mels", f"at least n_mfcc ({self.n_mfcc}) bands")
+        _check(self.hop_ms * self.sample_rate / 1000 >= 1, "features.hop_ms", "a frame shift of at least one sample")
+        _check(self.hop_ms <= self.win_ms, "features.win_ms", f"a window at least as long as hop_ms ({self.hop_ms:g} ms)")
+        _check(self.fmin >= 0, "features.fmin", "a frequency >= 0 Hz")
+        nyquist = self.sample_rate / 2
+        _check(self.fmax is None or self.fmin < self.fmax <= nyquist, "features.fmax", f"null or a frequency above fmin and at most sample_rate / 2 ({nyquist:g} Hz)")
 
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
     alphabet: str = " abcdefghijklmnopqrstuvwxyz'"  # output symbols; the CTC blank is added at index 0
+
+    def validate(self) -> None:
+        _check(len(self.alphabet) > 0 and len(set(self.alphabet)) == len(self.alphabet), "text.alphabet", "one or more distinct characters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +65,13 @@ class DataConfig:
     bucket_width: float = 1.0  # seconds; utterances of similar duration are batched together
     num_parallel_calls: int = 2  # feature-loading workers
 
+    def validate(self) -> None:
+        _check(self.corpus in ("librispeech", "manifest", "mnist"), "data.corpus", "'librispeech', 'manifest' or 'mnist'")
+        _check(self.max_duration > 0, "data.max_duration", "a positive number of seconds")
+        _check(self.batch_size >= 1, "data.batch_size", "at least 1 utterance")
+        _check(self.bucket_width > 0, "data.bucket_width", "a positive number of seconds")
+        _check(self.num_parallel_calls >= 1, "data.num_parallel_calls", "at least 1 worker")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -69,10 +86,10 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(self.cell in CELL_TYPES, "model.cell", f"one of {', '.join(CELL_TYPES)}")
-        _check(self.num_layers >= 1 and self.num_units >= 1, "model.num_layers", "at least 1 layer of at least 1 unit")
+        for key in ("num_layers", "num_units", "frame_stack", "frame_stride"):
+            _check(getattr(self, key) >= 1, f"model.{key}", "at least 1")
         for key in ("input_keep_prob", "output_keep_prob"):
             _check(0.0 < getattr(self, key) <= 1.0, f"model.{key}", "a keep probability in (0, 1]")
-        _check(self.frame_stack >= 1 and self.frame_stride >= 1, "model.frame_stack", "frame_stack and frame_stride >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +110,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "train.strategy", "default, mirrored or multi_worker")
-        _check(self.learning_rate > 0 and self.clip_norm > 0, "train.learning_rate", "positive learning_rate and clip_norm")
-        _check(self.keep_epochs >= 0, "train.keep_epochs", "a count >= 0")
+        for key in ("epochs", "checkpoint_every", "log_every"):
+            _check(getattr(self, key) >= 1, f"train.{key}", "at least 1")
+        for key in ("max_steps", "warmup_steps", "decay_steps", "keep_epochs", "patience"):
+            _check(getattr(self, key) >= 0, f"train.{key}", "a count >= 0")
+        for key in ("learning_rate", "clip_norm"):
+            _check(getattr(self, key) > 0, f"train.{key}", "a positive number")
+        _check(0.0 <= self.lr_floor <= 1.0, "train.lr_floor", "a fraction of the peak learning rate in [0, 1]")
+        _check(0 <= self.seed < 2**32, "train.seed", "an integer in [0, 2**32)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +147,9 @@ class AugmentConfig:
 class DecodeConfig:
     beam_width: int = 1  # 1 = greedy; more = CTC prefix beam search
 
+    def validate(self) -> None:
+        _check(self.beam_width >= 1, "decode.beam_width", "1 (greedy) or more")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -142,10 +168,10 @@ class Config:
         if self.task == "ctc":
             _check(self.data.corpus in ("librispeech", "manifest"), "data.corpus", "'librispeech' or 'manifest' for a CTC recipe")
             _check(self.data.corpus != "manifest" or bool(self.data.train_manifest), "data.train_manifest", "a JSONL manifest when data.corpus is 'manifest'")
-        for section in (self.features, self.model, self.train):
+            _check(self.data.corpus != "librispeech" or len(self.data.subsets) > 0, "data.subsets", "one or more LibriSpeech subsets")
+        for section in (self.features, self.text, self.data, self.model, self.train, self.decode):
             section.validate()
         self.augment.validate(self.features)
-        _check(len(set(self.text.alphabet)) == len(self.text.alphabet), "text.alphabet", "distinct characters")
         return self
 
     def replace(self, **sections: Any) -> "Config":
@@ -225,8 +251,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{name}': expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"config key '{name}': expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -81,3 +81,61 @@ def test_augment_section_is_typed_and_checked():
         from_dict({"augment": {"speeds": ["fast"]}})
     with pytest.raises(ConfigError, match="'augment.freq_mask_bands': expected at most features.n_mels"):
         from_dict({"augment": {"freq_mask_bands": 41}})
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("features.sample_rate", 0),
+        ("features.n_mfcc", 0),
+        ("features.n_mels", 5),  # fewer bands than n_mfcc (13)
+        ("features.hop_ms", 0.0),
+        ("features.hop_ms", -10.0),
+        ("features.win_ms", 5.0),  # shorter than the hop
+        ("features.fmin", -1.0),
+        ("features.fmax", 9000.0),  # above sample_rate / 2
+        ("features.normalization", "none"),
+        ("text.alphabet", ""),
+        ("text.alphabet", "abca"),
+        ("data.batch_size", 0),
+        ("data.bucket_width", 0.0),
+        ("data.max_duration", 0.0),
+        ("data.num_parallel_calls", 0),
+        ("data.subsets", []),
+        ("model.num_layers", 0),
+        ("model.num_units", 0),
+        ("model.frame_stack", 0),
+        ("model.frame_stride", 0),
+        ("model.input_keep_prob", 0.0),
+        ("model.output_keep_prob", 1.5),
+        ("train.epochs", 0),
+        ("train.checkpoint_every", 0),
+        ("train.log_every", 0),
+        ("train.max_steps", -1),
+        ("train.warmup_steps", -1),
+        ("train.decay_steps", -1),
+        ("train.patience", -1),
+        ("train.keep_epochs", -1),
+        ("train.learning_rate", 0.0),
+        ("train.learning_rate", ".nan"),
+        ("train.clip_norm", ".inf"),
+        ("train.lr_floor", 1.5),
+        ("train.seed", -1),
+        ("augment.speeds", [0.0]),
+        ("augment.time_masks", -1),
+        ("augment.time_mask_max_fraction", 2.0),
+        ("decode.beam_width", 0),
+    ],
+)
+def test_every_section_rejects_values_that_cannot_work(key, value):
+    """Counts that would divide by zero, widths below 1, probabilities outside (0, 1]: each one
+    is a one-line ConfigError naming its key, from a recipe as from --set."""
+    import yaml
+
+    section, name = key.split(".")
+    value = yaml.safe_load(value) if isinstance(value, str) and value.startswith(".") else value
+    with pytest.raises(ConfigError, match=rf"'{section}\.{name}'") as info:
+        from_dict({section: {name: value}})
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=rf"'{section}\.{name}'"):
+        load_recipe(RECIPES / "librispeech_small", [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"])
