@@ -9,7 +9,6 @@ import gzip
 import json
 import lzma
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -17,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from asr.errors import ConfigError, DataError
+from asr.io import atomic_dir
 from asr.text import normalize_text
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -475,8 +475,6 @@ def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[in
     DEFAULT_PRUNE, (0, 1, 1, ...): n-grams of order 2 and above seen once are dropped; (0,) keeps all.
     Raises DataError (unreadable or empty text, too little text for the order) or ConfigError.
     """
-    from asr.checkpoint import _replace_dir, _temp_dir_beside  # the project's atomic directory write
-
     started = time.time()
     out_dir = Path(out_dir)
     thresholds = prune_thresholds(order, DEFAULT_PRUNE[:order] if prune is None else prune)
@@ -494,14 +492,9 @@ def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[in
         "ngrams": {str(k): n for k, n in enumerate(lm.ngram_counts(), start=1)},
         "discounts": {str(k): [round(float(x), 6) for x in d[1:]] for k, d in enumerate(lm.discounts, start=1)},
     }
-    tmp = _temp_dir_beside(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         write_arpa(tmp / "lm.arpa", lm)
         (tmp / "words.txt").write_text(_word_list(lm), encoding="utf-8")
         summary["seconds"] = round(time.time() - started, 2)
         (tmp / "lm.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
