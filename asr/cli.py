@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", help="experiment folder for checkpoints, logs and model/ (default: exp/<recipe>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the experiment folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the experiment folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an experiment folder that holds another run, moving that run into <exp-dir>/previous-<time>/")
 
     p = sub.add_parser("transcribe", help="print the transcript of audio files")
     p.add_argument("model_dir", help="a model directory (config.json, vocab.json, stats.json, weights.npz)")
@@ -57,7 +59,7 @@ def cmd_train(args) -> int:
         return 0
     from asr.train import train
 
-    summary = train(config, exp_dir, resume=args.resume)
+    summary = train(config, exp_dir, resume=args.resume, overwrite=args.overwrite)
     best = summary["best_dev_wer"]
     best_text = f"best dev WER {100 * best:.2f}%" if best is not None else "no dev set"
     print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s, {best_text}; model in {exp_dir / 'model'}")

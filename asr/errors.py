@@ -15,3 +15,7 @@ class AudioError(AsrError):
 
 class DataError(AsrError):
     """A data file (manifest, corpus file, feature cache, checkpoint) is missing or malformed."""
+
+
+class ExperimentError(AsrError):
+    """An experiment folder cannot be used as asked (it holds another run; a write to it failed)."""

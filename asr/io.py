@@ -172,10 +172,10 @@ def file_checksums(folder: str | Path, names) -> dict[str, str]:
     return {name: sha256_file(Path(folder) / name) for name in sorted(names)}
 
 
-def verify_file(path: str | Path, expected: str, hint: str = "") -> None:
-    """DataError naming path when it is missing or its SHA-256 is not `expected`."""
+def verify_file(path: str | Path, expected: str, record: str) -> None:
+    """DataError naming path when it is missing or its SHA-256 is not `expected` (from `record`)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: missing{hint}")
+        raise DataError(f"{path}: missing (listed in {record})")
     if sha256_file(path) != expected:
-        raise DataError(f"{path}: damaged (its SHA-256 checksum does not match the one recorded when it was written){hint}")
+        raise DataError(f"{path}: damaged (its SHA-256 differs from the one {record} recorded when it was written)")

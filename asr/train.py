@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -18,14 +21,16 @@ from tqdm import tqdm
 
 from asr import checkpoint, ctc, evaluate
 from asr.config import Config, to_dict
-from asr.data import make_dataset, read_manifest
-from asr.errors import ConfigError
+from asr.data import filter_utterances, make_dataset, read_manifest
+from asr.errors import ConfigError, DataError, ExperimentError
 from asr.features import FeatureStats, compute_stats
+from asr.io import atomic_write_text, make_dirs, remove_stale_temporaries
 from asr.model import AcousticModel, output_lengths
 from asr.text import Vocabulary
 
 log = logging.getLogger("asr.train")
 NUM_EXAMPLES = 3  # dev transcripts printed at each epoch's end
+RUN_OUTPUTS = ("checkpoints", "model", "epochs", "tensorboard", "train.log", "summary.json", "config.json", "stats.json")  # one run's; corpus/ and data/ are shared
 
 
 def feature_cache_dir() -> Path:
@@ -65,6 +70,34 @@ def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | N
     stats = compute_stats([u.audio_filepath for u in train_utts], config.features, cache_dir=feature_cache_dir())
     stats.save(path)
     return stats
+
+
+FILTER_HINTS = {  # what to change when filter_utterances drops every utterance for one reason
+    "longer than max_duration": "raise data.max_duration",
+    "characters outside the vocabulary": "normalize the transcripts or extend text.alphabet",
+    "too short for CTC": "lower model.frame_stride",
+}
+
+
+def check_trainable(config: Config, train_utts, dev_utts, vocab: Vocabulary) -> None:
+    """DataError saying why, when the data filters (make_dataset's) leave nothing to train on or
+    no dev utterance to score, rather than training 0 steps and saving an untrained model."""
+    fastest = max(config.augment.speeds) if config.augment.active else 1.0
+    out_lengths = lambda frames: output_lengths(frames, config.model.frame_stride)  # noqa: E731
+    kept, skipped = filter_utterances(train_utts, vocab, config.features, out_lengths, config.data.max_duration, fastest)
+    if not kept:
+        raise DataError(f"nothing to train on: {_why_filtered(len(train_utts), skipped)}")
+    if dev_utts:
+        kept, skipped = filter_utterances(dev_utts, vocab, config.features, out_lengths)
+        if not kept:
+            raise DataError(f"no dev utterance can be scored: {_why_filtered(len(dev_utts), skipped)}")
+
+
+def _why_filtered(total: int, skipped) -> str:
+    kinds = collections.Counter(reason.split(" (")[0].split(":")[0] for _, reason in skipped)
+    parts = [f"{n} {kind}" + (f" ({FILTER_HINTS[kind]})" if kind in FILTER_HINTS else "") for kind, n in kinds.most_common()]
+    example = skipped[0] if skipped else ("", "")
+    return f"all {total} utterances were filtered out: {'; '.join(parts)}; e.g. {example[0]}: {example[1]}"
 
 
 def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int = 0, start_batch: int = 0):
@@ -246,13 +279,20 @@ class TrainState:
     train_seconds: float = 0.0  # wall time spent in training steps and dev evaluation, over all resumes
     input_wait_seconds: float = 0.0  # of which the training steps waited for the input pipeline
     history: list = dataclasses.field(default_factory=list)  # per-epoch dev results
+    run_id: str = ""  # names the run in its checkpoints: pruning removes only the run's own
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainState":
-        return cls(**d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def new_run_id() -> str:
+    """A run's id: its start time and 6 random hex digits, e.g. 20250101-120000-3fa2c1."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def dev_score(record: dict | None) -> tuple:
@@ -276,38 +316,59 @@ class Trainer:
 
     def __init__(self, config: Config, exp_dir: Path, resume: bool = False):
         self.exp_dir = Path(exp_dir)
-        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        claim_exp_dir(self.exp_dir, resume, overwrite=False)
+        make_dirs(self.exp_dir)
         self.ckpt_root = self.exp_dir / "checkpoints"
-        latest = checkpoint.latest_checkpoint(self.ckpt_root) if resume else None
-        if latest is not None:
-            check_resumable(checkpoint.read_model_meta(latest)[0], config, latest)
+        for folder in (self.exp_dir, self.ckpt_root, self.exp_dir / "epochs"):
+            remove_stale_temporaries(folder)  # left by a killed run
+        found = checkpoint.find_checkpoint(self.ckpt_root) if resume else None
+        if found is not None:
+            check_resumable(found[1], config, found[0])
         elif resume:
             log.info("no checkpoint in %s: starting a new run", self.ckpt_root)
         self.config = config
         keras.utils.set_random_seed(config.train.seed)
         self.vocab = Vocabulary(config.text.alphabet)
         self.train_utts, self.dev_utts = prepare_data(config, self.exp_dir)
-        self.stats = feature_stats(config, self.train_utts, self.exp_dir)
+        check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
+        with self._writing("the feature statistics"):
+            self.stats = feature_stats(config, self.train_utts, self.exp_dir)
         self.strategy = make_strategy(config.train.strategy)
         with self.strategy.scope():
             self.model = build_model(config, self.vocab)
             self.optimizer = make_optimizer(config, self.model)
         self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm)
-        self.state = TrainState()
-        if latest is not None:
-            self.state = TrainState.from_json(checkpoint.restore_checkpoint(latest, self.model, self.optimizer))
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", latest.name, self.state.step, self.state.epoch + 1, self.state.batch_in_epoch)
+        self.state = TrainState(run_id=new_run_id())
+        if found is not None:
+            path = found[0]
+            self.state = TrainState.from_json(checkpoint.restore_checkpoint(path, self.model, self.optimizer))
+            self.state.run_id = self.state.run_id or new_run_id()  # a checkpoint from before runs had ids
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path.name, self.state.step, self.state.epoch + 1, self.state.batch_in_epoch)
         self.writer = tf.summary.create_file_writer(str(self.exp_dir / "tensorboard"))
         self.dev_by_id = {u.id: u for u in self.dev_utts}
-        self._save_config()
+        with self._writing("config.json"):
+            atomic_write_text(self.exp_dir / "config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
 
-    def _save_config(self) -> None:
-        (self.exp_dir / "config.json").write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """Turns a failed write (a full disk, a lost mount) into a one-line ExperimentError that
+        says what is safe: every write is atomic, so the files written before are intact."""
+        try:
+            yield
+        except OSError as exc:
+            done = checkpoint.list_checkpoints(self.ckpt_root)
+            safe = f"the newest checkpoint, {done[-1]}, is intact: fix the cause and continue with --resume" if done else "no checkpoint was written yet"
+            raise ExperimentError(f"could not write {what} in {self.exp_dir} ({exc.strerror or exc}); {safe}") from exc
 
     def save(self) -> None:
-        checkpoint.save_checkpoint(
-            self.ckpt_root, self.model, self.optimizer, self.state.to_json(), self.config, self.vocab, self.stats
-        )
+        with self._writing(f"checkpoint ckpt-{self.state.step:08d}"):
+            checkpoint.save_checkpoint(
+                self.ckpt_root, self.model, self.optimizer, self.state.to_json(), self.config, self.vocab, self.stats
+            )
+
+    def save_model(self, folder: Path) -> None:
+        with self._writing(f"the model directory {folder.name}"):
+            checkpoint.save_model_dir(folder, self.model, self.config, self.vocab, self.stats)
 
     def done(self) -> bool:
         t = self.config.train
@@ -324,9 +385,10 @@ class Trainer:
                 break
         self.save()
         if not (self.exp_dir / "model").exists():
-            checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+            self.save_model(self.exp_dir / "model")
         summary = dict(steps=self.state.step, train_seconds=round(self.state.train_seconds, 1), best_dev_wer=self.state.best["wer"] if self.state.best else None, skipped_batches=self.state.skipped_batches, history=self.state.history)
-        (self.exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with self._writing("summary.json"):
+            atomic_write_text(self.exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def train_one_epoch(self) -> bool:
@@ -337,22 +399,21 @@ class Trainer:
             log.info("epoch %d: %d utterances filtered out: %s", self.state.epoch + 1, len(skipped), format_skipped(skipped))
         total = start + int(dataset.cardinality())
         dist = self.strategy.experimental_distribute_dataset(dataset)
-        bar = tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}", unit="batch", dynamic_ncols=True)
         waited, tick = 0.0, time.time()
         batches = iter(dist)
-        while True:
-            before = time.time()
-            batch = next(batches, None)  # time spent here is the step waiting for its input
-            waited += time.time() - before
-            if batch is None:
-                break
-            self._train_batch(batch, bar)
-            self.state.train_seconds += time.time() - tick
-            tick = time.time()
-            if self.config.train.max_steps and self.state.step >= self.config.train.max_steps:
-                break
+        with tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}", unit="batch", dynamic_ncols=True) as bar:
+            while True:
+                before = time.time()
+                batch = next(batches, None)  # time spent here is the step waiting for its input
+                waited += time.time() - before
+                if batch is None:
+                    break
+                self._train_batch(batch, bar)
+                self.state.train_seconds += time.time() - tick
+                tick = time.time()
+                if self.config.train.max_steps and self.state.step >= self.config.train.max_steps:
+                    break
         self.state.input_wait_seconds += waited
-        bar.close()
         if self.config.train.max_steps and self.state.step >= self.config.train.max_steps and self.state.batch_in_epoch < (total or 0):
             return False  # stopped mid-epoch on max_steps: no epoch-end evaluation
         return self.end_epoch()
@@ -387,7 +448,7 @@ class Trainer:
             if dev_score(record) < dev_score(self.state.best):
                 self.state.best = record
                 self.state.epochs_without_improvement = 0
-                checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+                self.save_model(self.exp_dir / "model")
                 log.info("new best dev WER: model saved to %s", self.exp_dir / "model")
             else:
                 self.state.epochs_without_improvement += 1
@@ -396,7 +457,7 @@ class Trainer:
                 if stop:
                     log.info("early stopping: no dev WER improvement for %d epochs", patience)
         else:
-            checkpoint.save_model_dir(self.exp_dir / "model", self.model, self.config, self.vocab, self.stats)
+            self.save_model(self.exp_dir / "model")
         self.keep_epoch_model(epoch)
         self.save()
         return stop
@@ -407,7 +468,7 @@ class Trainer:
         if not keep:
             return
         folder = self.exp_dir / "epochs"
-        checkpoint.save_model_dir(folder / f"epoch-{epoch:03d}", self.model, self.config, self.vocab, self.stats)
+        self.save_model(folder / f"epoch-{epoch:03d}")
         for stale in sorted(folder.glob("epoch-*"))[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -435,6 +496,54 @@ class Trainer:
         return record
 
 
+# ----------------------------------------------------------------------------- experiment folders
+
+
+def previous_run(exp_dir: Path) -> str | None:
+    """What in exp_dir shows that a run trained there (checkpoints, a model), or None."""
+    checkpoints = checkpoint.list_checkpoints(exp_dir / "checkpoints")
+    if checkpoints:
+        return f"checkpoints up to {checkpoints[-1].name}"
+    for name in ("model", "epochs"):
+        if (exp_dir / name).exists():
+            return f"{name}/"
+    return None
+
+
+def claim_exp_dir(exp_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Makes exp_dir ready for a run; returns the folder --overwrite moved the previous run to.
+
+    A run never writes over another run's work. resume continues the checkpoints in exp_dir.
+    Otherwise a folder holding another run is an ExperimentError, unless overwrite: that run's
+    outputs (RUN_OUTPUTS) are then moved into exp_dir/previous-<time>/, never deleted, and the
+    downloaded corpus and prepared manifests stay where they are.
+    """
+    exp_dir = Path(exp_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the experiment folder and --overwrite moves it aside: give only one")
+    if resume and checkpoint.list_checkpoints(exp_dir / "checkpoints"):
+        return None
+    found = previous_run(exp_dir)
+    if found is None:
+        return None
+    if resume:
+        raise ExperimentError(f"{exp_dir} has no checkpoint to resume from but holds another run ({found}): train in a new --exp-dir, or pass --overwrite instead of --resume to move it aside")
+    if not overwrite:
+        raise ExperimentError(
+            f"{exp_dir} holds another run ({found}): continue it with --resume, train in a new --exp-dir, "
+            f"or pass --overwrite to move it aside into {exp_dir / 'previous-<time>'}/"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = exp_dir / f"previous-{stamp}", 1
+    while aside.exists():
+        aside, n = exp_dir / f"previous-{stamp}-{n}", n + 1
+    make_dirs(aside)
+    for name in RUN_OUTPUTS:
+        if (exp_dir / name).exists():
+            os.replace(exp_dir / name, aside / name)
+    return aside
+
+
 def check_resumable(saved: Config, config: Config, path: Path) -> None:
     """A run resumes with the recipe given now (more epochs, another learning rate...), but the
     sections that shape the weights, features and labels must be those of the checkpoint."""
@@ -451,19 +560,38 @@ def format_skipped(skipped, most: int = 10) -> str:
     return shown + (f" and {len(skipped) - most} more" if len(skipped) > most else "")
 
 
-def setup_logging(exp_dir: Path) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
+def setup_logging(exp_dir: Path) -> list[logging.Handler]:
+    """Logs the "asr" loggers to the terminal and to exp_dir/train.log; returns the handlers,
+    which close_logging() removes when the run ends (each run logs into its own folder)."""
+    make_dirs(exp_dir)
     root = logging.getLogger("asr")
     root.setLevel(logging.INFO)
-    if not root.handlers:
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-        for handler in (logging.StreamHandler(), logging.FileHandler(exp_dir / "train.log")):
-            handler.setFormatter(fmt)
-            root.addHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(), logging.FileHandler(exp_dir / "train.log")]
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    return handlers
 
 
-def train(config: Config, exp_dir: str | Path, resume: bool = False) -> dict:
-    """Trains the recipe's model in exp_dir (checkpoints/, model/, tensorboard/, train.log)."""
+def close_logging(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        logging.getLogger("asr").removeHandler(handler)
+        handler.close()
+
+
+def train(config: Config, exp_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Trains the recipe's model in exp_dir (checkpoints/, model/, tensorboard/, train.log).
+
+    resume: continue from the newest intact checkpoint in exp_dir. overwrite: move another run
+    found in exp_dir aside (claim_exp_dir) instead of refusing to start.
+    """
     exp_dir = Path(exp_dir)
-    setup_logging(exp_dir)
-    return Trainer(config, exp_dir, resume=resume).run()
+    aside = claim_exp_dir(exp_dir, resume, overwrite)
+    handlers = setup_logging(exp_dir)
+    try:
+        if aside is not None:
+            log.info("moved the previous run in %s aside to %s", exp_dir, aside)
+        return Trainer(config, exp_dir, resume=resume).run()
+    finally:
+        close_logging(handlers)
