@@ -1,4 +1,4 @@
-"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate, average)."""
+"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate, average, lm)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,average}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,average,lm}")
 
     p = sub.add_parser("train", help="train the model of a recipe (a folder with config.yaml)")
     p.add_argument("recipe_dir", help="recipe folder, e.g. recipes/librispeech_small or recipes/mnist")
@@ -28,19 +28,78 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="print the transcript of audio files")
     p.add_argument("model_dir", help="a model directory (config.json, vocab.json, stats.json, weights.npz)")
     p.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG; any sample rate, mono or stereo)")
-    p.add_argument("--beam-width", type=int, default=None, help="CTC beam width (1 = greedy; default: the model's)")
+    _decoding_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
 
     p = sub.add_parser("evaluate", help="WER/CER report of a model on a JSONL manifest")
     p.add_argument("model_dir")
     p.add_argument("manifest", help='JSONL manifest: {"audio_filepath", "duration", "text"} per line')
     p.add_argument("--report-dir", help="where report.md/.json/.html go (default: <model_dir>/../reports/<manifest name>)")
-    p.add_argument("--beam-width", type=int, default=None, help="CTC beam width (1 = greedy; default: the model's)")
+    _decoding_arguments(p)
 
     p = sub.add_parser("average", help="average the weights of several models of one recipe (e.g. its last epochs)")
     p.add_argument("out_dir", help="the model directory to write")
     p.add_argument("model_dirs", nargs="+", help="model or checkpoint directories, e.g. exp/librispeech_small/epochs/epoch-*")
+
+    _lm_parsers(sub.add_parser("lm", help="word n-gram language models: build from text, tune for a model"))
     return parser
+
+
+def _decoding_arguments(p) -> None:
+    p.add_argument("--beam-width", type=_positive_int, default=None,
+                   help="beam width (1 = greedy without LM; default: the LM's tuned beam, else the model's)")
+    p.add_argument("--lm", dest="lm_dir", help="an LM directory (asr lm build): decode words with it")
+    p.add_argument("--lm-weight", type=_finite_float, default=None, help="LM weight alpha (default: the LM's tuned value)")
+    p.add_argument("--word-score", type=_finite_float, default=None, help="word insertion bonus beta (default: the LM's tuned value)")
+    p.add_argument("--lexicon-free", dest="lexicon", action="store_const", const=False, default=None,
+                   help="let words outside the LM's word list come out (default: the LM's tuned choice, else lexicon only)")
+
+
+def _lm_parsers(p) -> None:
+    lm_sub = p.add_subparsers(dest="lm_command", required=True, metavar="{build,tune}")
+    b = lm_sub.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM from text files (as KenLM's lmplz)")
+    b.add_argument("out_dir", help="the LM directory to write (lm.arpa, words.txt, lm.json)")
+    b.add_argument("text", nargs="+", help=".txt, .txt.gz or .txt.xz files, or folders of them (raw text: normalized like transcripts)")
+    b.add_argument("--order", type=_positive_int, default=3, help="n-gram order (default 3)")
+    b.add_argument("--prune", type=_count, nargs="+", default=None, metavar="N",
+                   help="per order from 1, drop n-grams seen at most N times, as lmplz's --prune (default: 0 1: singletons of order 2 and up)")
+    t = lm_sub.add_parser("tune", help="find the LM weight and word score that give the lowest WER on a dev set")
+    t.add_argument("model_dir")
+    t.add_argument("manifest", help="the dev manifest (JSONL) to tune on")
+    t.add_argument("--lm", dest="lm_dir", required=True, help="the LM directory; the best settings are written into it")
+    t.add_argument("--beam-width", type=_positive_int, default=None, help="beam width (default: the LM decoder's default beam)")
+    t.add_argument("--lexicon-free", dest="lexicon", action="store_const", const=False, default=None,
+                   help="tune lexicon-free decoding (default: lexicon)")
+    t.add_argument("--lm-weights", type=_finite_float, nargs="+", default=None, metavar="ALPHA", help="grid of LM weights")
+    t.add_argument("--word-scores", type=_finite_float, nargs="+", default=None, metavar="BETA", help="grid of word scores")
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: a whole number >= minimum, else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected {minimum} or more")
+        return value
+
+    return parse
+
+
+_positive_int, _count = _int_at_least(1), _int_at_least(0)
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number")
+    return value
 
 
 def cmd_train(args) -> int:
@@ -66,38 +125,102 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _beam(args, recognizer) -> int:
-    width = args.beam_width if args.beam_width is not None else recognizer.config.decode.beam_width
-    if width < 1:
-        from asr.errors import ConfigError
+def _recognizer(args):
+    from asr.decode import DecodeOptions
+    from asr.inference import Recognizer
 
-        raise ConfigError(f"--beam-width {width}: expected 1 (greedy) or more")
-    return width
+    options = DecodeOptions(beam_width=args.beam_width, lm_dir=args.lm_dir, lm_weight=args.lm_weight,
+                            word_score=args.word_score, lexicon=args.lexicon)
+    options.validate()  # before the model loads: a mistake costs no time
+    return Recognizer(args.model_dir, options)
 
 
 def cmd_transcribe(args) -> int:
-    from asr.inference import Recognizer
-
-    recognizer = Recognizer(args.model_dir)
-    texts = recognizer.transcribe(args.audio, beam_width=_beam(args, recognizer))
-    for path, text in zip(args.audio, texts):
-        print(json.dumps({"audio_filepath": path, "text": text}) if args.json else text)
-    return 0
+    recognizer = _recognizer(args)
+    feats, errors = recognizer.features_or_errors(args.audio)
+    readable = [i for i, error in enumerate(errors) if error is None]
+    texts = dict(zip(readable, recognizer.transcribe_features([feats[i] for i in readable])))
+    for i, path in enumerate(args.audio):
+        if errors[i] is not None:
+            print(f"asr transcribe: skipped: {errors[i]}", file=sys.stderr)  # the error names the file
+        elif args.json:
+            print(json.dumps({"audio_filepath": path, "text": texts[i]}))
+        else:
+            print(texts[i])
+    return 0 if not any(errors) else 1
 
 
 def cmd_evaluate(args) -> int:
     from asr import evaluate
     from asr.data import read_manifest
-    from asr.inference import Recognizer, evaluate_manifest
+    from asr.inference import evaluate_manifest
 
-    recognizer = Recognizer(args.model_dir)
     utterances = read_manifest(args.manifest)
-    results = evaluate_manifest(recognizer, utterances, beam_width=_beam(args, recognizer))
-    report = evaluate.build_report(results)
     report_dir = Path(args.report_dir or Path(args.model_dir).resolve().parent / "reports" / Path(args.manifest).stem)
+    evaluate.check_report_dir(report_dir)
+    recognizer = _recognizer(args)
+    results, skipped = evaluate_manifest(recognizer, utterances)
+    for item in skipped:
+        print(f"asr evaluate: skipped {item['id']}: {item['error']}", file=sys.stderr)
+    if not results:
+        from asr.errors import DataError
+
+        raise DataError(f"{args.manifest}: none of its {len(utterances)} audio files could be read")
+    report = evaluate.build_report(results)
+    decoding = {**recognizer.decoder.settings.describe(), **_oov(recognizer, results)}
     command = "asr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = evaluate.write_report(report, report_dir, command=command, model_dir=str(args.model_dir), manifest=str(args.manifest))
+    paths = evaluate.write_report(report, report_dir, command=command, model_dir=str(args.model_dir),
+                                  manifest=str(args.manifest), decoding=decoding, skipped=skipped)
     print(f"{evaluate.summary_line(report)}; report in {Path(paths['markdown']).parent}")
+    return 0 if not skipped else 1
+
+
+def _oov(recognizer, results) -> dict:
+    """The out-of-vocabulary rate of the references against the LM's lexicon ({} without an LM)."""
+    lm = recognizer.decoder.settings.lm
+    if lm is None:
+        return {}
+    from asr.decode import lexicon_words
+
+    lexicon = set(lexicon_words(lm.words, recognizer.vocab)[0])
+    words = [w for r in results for w in r["reference"].split()]
+    oov = sum(w not in lexicon for w in words)
+    return {"reference_words": len(words), "oov_words": oov, "oov_rate": oov / max(len(words), 1)}
+
+
+def cmd_lm(args) -> int:
+    return {"build": cmd_lm_build, "tune": cmd_lm_tune}[args.lm_command](args)
+
+
+def cmd_lm_build(args) -> int:
+    from asr.lm import build_lm
+
+    summary = build_lm(args.out_dir, args.text, order=args.order, prune=args.prune)
+    counts = ", ".join(f"{n:,} {k}-grams" for k, n in summary["ngrams"].items())
+    print(f"{summary['words']:,} words in {summary['sentences']:,} sentences -> {counts} "
+          f"in {summary['seconds']:.0f} s; LM in {args.out_dir}")
+    return 0
+
+
+def cmd_lm_tune(args) -> int:
+    from asr import decode
+    from asr.data import read_manifest
+    from asr.inference import Recognizer
+
+    options = decode.DecodeOptions(beam_width=args.beam_width, lm_dir=args.lm_dir, lexicon=args.lexicon)
+    lm = decode.LanguageModel.load(args.lm_dir)  # fails fast, before the model loads
+    utterances = read_manifest(args.manifest)
+    recognizer = Recognizer(args.model_dir)
+    feats = [recognizer.features(u.audio_filepath) for u in utterances]
+    posteriors = recognizer.posteriors(feats)
+    show = lambda g: print(f"lm weight {g['lm_weight']:g}, word score {g['word_score']:g}: WER {100 * g['wer']:.2f}%, CER {100 * g['cer']:.2f}%", flush=True)  # noqa: E731
+    result = decode.tune(recognizer.vocab, posteriors, [u.text for u in utterances], options,
+                         lm_weights=args.lm_weights or decode.TUNE_LM_WEIGHTS,
+                         word_scores=args.word_scores or decode.TUNE_WORD_SCORES, progress=show)
+    best = {**result["best"], "model_dir": str(args.model_dir), "manifest": str(args.manifest), "grid": result["grid"]}
+    lm.write_tuned(best)
+    print(f"best: lm weight {best['lm_weight']:g}, word score {best['word_score']:g}, beam {best['beam_width']}: "
+          f"WER {100 * best['wer']:.2f}%, CER {100 * best['cer']:.2f}%; saved in {Path(args.lm_dir) / decode.TUNED_FILE}")
     return 0
 
 
@@ -109,7 +232,7 @@ def cmd_average(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "average": cmd_average}
+COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "average": cmd_average, "lm": cmd_lm}
 
 
 def _import_tensorflow_quietly() -> None:

@@ -6,11 +6,13 @@ import collections
 import datetime
 import html
 import json
+import os
 import re
 from pathlib import Path
 
 import jiwer
 
+from asr.errors import DataError
 from asr.io import atomic_write_text
 
 TOP_CONFUSIONS = 20  # most frequent substitutions, deletions and insertions listed in a report
@@ -215,9 +217,23 @@ def summary_line(report: dict) -> str:
 # ---- the files --------------------------------------------------------------------------------
 
 
-def write_report(report: dict, report_dir, command: str, model_dir: str, manifest: str) -> dict:
+def check_report_dir(report_dir) -> None:
+    """Fails before any decoding if report_dir cannot hold the report (a file there, no permission)."""
+    report_dir = Path(report_dir)
+    existing = next((p for p in [report_dir, *report_dir.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DataError(f"{existing}: is a file, not a folder; give --report-dir a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{existing}: folder is not writable; give --report-dir a folder you can write")
+
+
+def write_report(report: dict, report_dir, command: str, model_dir: str, manifest: str,
+                 decoding: dict | None = None, skipped: list[dict] | None = None) -> dict:
     """Writes report.md, report.json and report.html into report_dir (created if needed).
 
+    decoding: the decoder and its settings (decoder, beam_width, lm_dir, lm_weight, word_score,
+    lexicon, oov_rate: asr.decode.Settings.describe() and the references' OOV rate);
+    skipped: utterances that could not be read ({"id", "audio_filepath", "error"}).
     Each file is written to a temporary name and renamed, so a reader never sees half a file.
     Returns {"markdown": Path, "json": Path, "html": Path}.
     """
@@ -229,7 +245,7 @@ def write_report(report: dict, report_dir, command: str, model_dir: str, manifes
         "manifest": str(manifest),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    full = {"meta": meta, **report}
+    full = {"meta": meta, "decoding": decoding or {}, "skipped": skipped or [], **report}
     texts = {
         "markdown": ("report.md", render_markdown(full)),
         "json": ("report.json", json.dumps(full, indent=1, ensure_ascii=False) + "\n"),
@@ -262,6 +278,12 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
 
 
 SPEAKER_COLUMNS = ("speaker", "utterances", "words", "WER", "CER", "S", "D", "I")
+SKIPPED_COLUMNS = ("id", "audio file", "why")
+
+
+def _decoding_rows(decoding: dict) -> list[tuple[str, str]]:
+    """The decoder's settings as (name, value) rows; rates as percentages."""
+    return [(key.replace("_", " "), _percent(v) if key.endswith("_rate") else str(v)) for key, v in decoding.items()]
 
 
 def _speaker_cells(row: dict) -> list[str]:
@@ -299,6 +321,11 @@ def render_markdown(report: dict) -> str:
     lines += [f"- {key.replace('_', ' ')}: {_md_escape(meta[key])}" for key in ("model_dir", "manifest", "created")]
     lines.append("")
     lines += ["## Summary", "", *_md_table(("metric", "value"), _summary_rows(report["summary"])), ""]
+    if report.get("decoding"):
+        lines += ["## Decoding", "", *_md_table(("setting", "value"), _decoding_rows(report["decoding"])), ""]
+    if report.get("skipped"):
+        rows = [[s["id"], s["audio_filepath"], s["error"]] for s in report["skipped"]]
+        lines += [f"## Skipped utterances ({len(rows)}, not scored)", "", *_md_table(SKIPPED_COLUMNS, rows), ""]
     if report["speakers"]:
         rows = [_speaker_cells(row) for row in report["speakers"]]
         lines += ["## Per speaker (worst first)", "", *_md_table(SPEAKER_COLUMNS, rows), ""]
@@ -351,6 +378,11 @@ def render_html(report: dict) -> str:
         f"created: {esc(meta['created'])}</p>",
         "<h2>Summary</h2>", _html_table(("metric", "value"), _summary_rows(report["summary"])),
     ]
+    if report.get("decoding"):
+        parts += ["<h2>Decoding</h2>", _html_table(("setting", "value"), _decoding_rows(report["decoding"]))]
+    if report.get("skipped"):
+        rows = [[s["id"], s["audio_filepath"], s["error"]] for s in report["skipped"]]
+        parts += [f"<h2>Skipped utterances ({len(rows)}, not scored)</h2>", _html_table(SKIPPED_COLUMNS, rows)]
     if report["speakers"]:
         rows = [_speaker_cells(row) for row in report["speakers"]]
         parts += ["<h2>Per speaker (worst first)</h2>", _html_table(SPEAKER_COLUMNS, rows)]

@@ -1,4 +1,4 @@
-"""A trained model directory in use: transcribe audio files, decode a manifest, write a WER report."""
+"""A trained model directory (and optionally a language model) in use: transcribe audio files, decode a manifest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from asr import checkpoint, ctc, evaluate
+from asr import checkpoint
+from asr.decode import DecodeOptions, Decoder, resolve
+from asr.errors import AsrError
 from asr.features import features_for_model
 from asr.model import AcousticModel
 
@@ -15,15 +17,24 @@ MAX_BATCH_FRAMES = 60_000  # feature frames (10 ms each) per inference batch: bo
 
 
 class Recognizer:
-    """A loaded model directory: config, vocabulary, feature statistics and weights."""
+    """A loaded model directory (config, vocabulary, feature statistics, weights) and its decoder.
 
-    def __init__(self, model_dir: str | Path):
+    options: how to decode (DecodeOptions: beam width, LM directory, LM weight, word score,
+    lexicon); what it leaves open comes from the LM directory's tuning, else the model's config.
+    """
+
+    def __init__(self, model_dir: str | Path, options: DecodeOptions = DecodeOptions()):
         self.model_dir = Path(model_dir)
         self.config, self.vocab, self.stats = checkpoint.read_model_meta(self.model_dir)
         self.model = AcousticModel(self.config.model, self.config.features.num_features, self.vocab.size)
         self.model.build_weights()
         checkpoint.load_weights(self.model_dir, self.model)
         self._forward = tf.function(self._forward_fn, reduce_retracing=True)
+        self.use(options)
+
+    def use(self, options: DecodeOptions) -> None:
+        """Decodes from now on as options say (the acoustic model stays loaded)."""
+        self.decoder = Decoder(self.vocab, resolve(options, self.config.decode.beam_width))
 
     def _forward_fn(self, features, lengths):
         logits, out_lengths = self.model(features, lengths, training=False)
@@ -42,27 +53,38 @@ class Recognizer:
         logp, out_lengths = self._forward(tf.constant(batch), tf.constant(lengths))
         return logp.numpy(), out_lengths.numpy()
 
-    def decode(self, logp: np.ndarray, lengths: np.ndarray, beam_width: int) -> list[str]:
-        if beam_width > 1:
-            ids = ctc.beam_search_decode(logp, lengths, beam_width=beam_width)
-        else:
-            ids = ctc.greedy_decode(logp, lengths)
-        return [self.vocab.decode(seq) for seq in ids]
-
-    def transcribe_features(self, feats: list[np.ndarray], beam_width: int = 1) -> list[str]:
-        """Transcripts of feature matrices, batched by length so padding and memory stay small."""
+    def posteriors(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+        """Log-probabilities [T'_i, V] (valid frames only) of feature matrices [T_i, F], computed in
+        batches of similar length so that padding and memory stay small."""
         order = np.argsort([len(f) for f in feats])
-        texts: list[str] = [""] * len(feats)
+        out: list[np.ndarray] = [np.zeros((0, self.vocab.size), np.float32)] * len(feats)
         for group in _length_groups([len(feats[i]) for i in order], MAX_BATCH_FRAMES):
             idx = [int(order[g]) for g in group]
             logp, lengths = self.log_probs([feats[i] for i in idx])
-            for i, text in zip(idx, self.decode(logp, lengths, beam_width)):
-                texts[i] = text
-        return texts
+            for i, row, n in zip(idx, logp, lengths):
+                out[i] = row[:n]
+        return out
 
-    def transcribe(self, paths: list[str | Path], beam_width: int = 1) -> list[str]:
-        """One transcript per audio file (any sample rate, mono or stereo)."""
-        return self.transcribe_features([self.features(p) for p in paths], beam_width)
+    def transcribe_features(self, feats: list[np.ndarray]) -> list[str]:
+        """Transcripts of feature matrices [T_i, F]."""
+        return [self.decoder.decode_one(lp) for lp in self.posteriors(feats)]
+
+    def transcribe(self, paths: list[str | Path]) -> list[str]:
+        """One transcript per audio file (any sample rate, mono or stereo); an unreadable file raises AudioError."""
+        return self.transcribe_features([self.features(p) for p in paths])
+
+    def features_or_errors(self, paths: list[str | Path]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Features of each file, or None and the one-line reason where a file cannot be read,
+        so that a batch goes on past a bad file."""
+        feats, errors = [], []
+        for path in paths:
+            try:
+                feats.append(self.features(path))
+                errors.append(None)
+            except AsrError as exc:
+                feats.append(None)
+                errors.append(str(exc))
+        return feats, errors
 
 
 def _length_groups(sorted_lengths: list[int], max_frames: int) -> list[list[int]]:
@@ -78,11 +100,18 @@ def _length_groups(sorted_lengths: list[int], max_frames: int) -> list[list[int]
     return groups
 
 
-def evaluate_manifest(recognizer: Recognizer, utterances, beam_width: int = 1) -> list[dict]:
-    """Decodes every utterance of a manifest -> result dicts for evaluate.build_report."""
-    feats = [recognizer.features(u.audio_filepath) for u in utterances]
-    hyps = recognizer.transcribe_features(feats, beam_width)
-    return [
+def evaluate_manifest(recognizer: Recognizer, utterances) -> tuple[list[dict], list[dict]]:
+    """Decodes every readable utterance of a manifest -> (result dicts for evaluate.build_report,
+    skipped utterances as {"id", "audio_filepath", "error"})."""
+    feats, errors = recognizer.features_or_errors([u.audio_filepath for u in utterances])
+    readable = [i for i, error in enumerate(errors) if error is None]
+    hyps = recognizer.transcribe_features([feats[i] for i in readable])
+    results = [
         dict(id=u.id, reference=u.text, hypothesis=h, speaker=u.speaker, duration=u.duration)
-        for u, h in zip(utterances, hyps)
+        for u, h in zip((utterances[i] for i in readable), hyps)
     ]
+    skipped = [
+        dict(id=u.id, audio_filepath=str(u.audio_filepath), error=error)
+        for u, error in zip(utterances, errors) if error is not None
+    ]
+    return results, skipped

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from asr.config import TextConfig
 from asr.errors import ConfigError, DataError
 from asr.io import atomic_dir
 from asr.text import normalize_text
@@ -22,6 +23,10 @@ from asr.text import normalize_text
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2  # lmplz's ids for the special words; real words follow in order of first use
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
+ARPA_FILE = "lm.arpa"  # an LM directory: the n-gram model (ARPA text, what KenLM loads) ...
+WORDS_FILE = "words.txt"  # ... its words, most frequent first (the decoder's lexicon) ...
+INFO_FILE = "lm.json"  # ... and how it was built
+LEXICON_EXAMPLES = 10  # words outside the alphabet quoted in lm.json
 DEFAULT_PRUNE = (0, 1)  # build_lm's lmplz --prune: n-grams of order 2 and above seen once are dropped
 _SENTENCE_BREAK = re.compile(r"[.!?;:]|\n\s*\n")  # sentence punctuation or a blank line
 _BOS_LOG10_PROB = 0.0  # what lmplz writes as log10 P(<s>) (<s> is never predicted)
@@ -464,7 +469,14 @@ def _word_list(lm: NGramLM) -> str:
     return "".join(lm.words[i] + "\n" for i in ranked)
 
 
-def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[int] | None = None) -> dict:
+def outside_alphabet(words: Sequence[str], alphabet: str) -> list[str]:
+    """The words with a character outside alphabet (a decoder over that alphabet cannot spell them)."""
+    letters = set(alphabet) - {" "}
+    return [w for w in words if not set(w) <= letters]
+
+
+def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[int] | None = None,
+             alphabet: str = TextConfig.alphabet) -> dict:
     """Builds an n-gram LM from text files/folders and writes out_dir atomically; returns lm.json's dict.
 
     out_dir: lm.arpa (interpolated modified Kneser-Ney, as KenLM's `lmplz -o ORDER --prune ...`),
@@ -473,6 +485,8 @@ def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[in
     or paths of .txt/.txt.gz/.txt.xz files or folders of them, raw text split by split_sentences.
     prune: lmplz's --prune thresholds per order (the last one repeated), e.g. (0, 0, 1); None is
     DEFAULT_PRUNE, (0, 1, 1, ...): n-grams of order 2 and above seen once are dropped; (0,) keeps all.
+    alphabet: the characters of the models it is for; words spelled outside it stay in the LM
+    but a decoder drops them from its lexicon, and lm.json counts them ("lexicon").
     Raises DataError (unreadable or empty text, too little text for the order) or ConfigError.
     """
     started = time.time()
@@ -491,10 +505,19 @@ def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[in
         "vocabulary": len(lm.words) - 3,
         "ngrams": {str(k): n for k, n in enumerate(lm.ngram_counts(), start=1)},
         "discounts": {str(k): [round(float(x), 6) for x in d[1:]] for k, d in enumerate(lm.discounts, start=1)},
+        "lexicon": _lexicon_summary(lm, alphabet),
     }
     with atomic_dir(out_dir) as tmp:
-        write_arpa(tmp / "lm.arpa", lm)
-        (tmp / "words.txt").write_text(_word_list(lm), encoding="utf-8")
+        write_arpa(tmp / ARPA_FILE, lm)
+        (tmp / WORDS_FILE).write_text(_word_list(lm), encoding="utf-8")
         summary["seconds"] = round(time.time() - started, 2)
-        (tmp / "lm.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (tmp / INFO_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _lexicon_summary(lm: NGramLM, alphabet: str) -> dict:
+    """How many of the LM's words a decoder over alphabet can spell, with examples of the others."""
+    words = _word_list(lm).split()
+    dropped = outside_alphabet(words, alphabet)
+    return {"alphabet": alphabet, "words": len(words) - len(dropped), "dropped_outside_alphabet": len(dropped),
+            "dropped_examples": dropped[:LEXICON_EXAMPLES]}
