@@ -27,6 +27,7 @@ class FeatureConfig:
     fmax: float | None = None  # highest mel band edge, Hz; None = sample_rate / 2
     deltas: bool = True  # append delta and delta-delta coefficients (3 * n_mfcc values)
     normalization: str = "global"  # "global": training-set mean/std saved with the model; "utterance"
+    gain_normalization: str = "none"  # "rms": scale each waveform to features.TARGET_RMS_DBFS before the MFCCs (level-independent); "none": as recorded (also what a saved model without this key gets)
 
     @property
     def num_features(self) -> int:
@@ -34,6 +35,7 @@ class FeatureConfig:
 
     def validate(self) -> None:
         _check(self.normalization in ("global", "utterance"), "features.normalization", "'global' or 'utterance'")
+        _check(self.gain_normalization in ("none", "rms"), "features.gain_normalization", "'none' or 'rms'")
         _check(self.sample_rate >= 1000, "features.sample_rate", "a rate of at least 1000 Hz")
         _check(self.n_mfcc >= 1, "features.n_mfcc", "at least 1 coefficient")
         _check(self.n_mels >= self.n_mfcc, "features.n_mels", f"at least n_mfcc ({self.n_mfcc}) bands")

@@ -30,6 +30,12 @@ TOP_DB = 80.0  # dB; log-mel values are clipped to (utterance maximum - TOP_DB),
 DELTA_WIDTH = 9  # frames in the delta regression window (+-4 frames = +-40 ms at a 10 ms hop)
 STD_FLOOR = 1e-5  # smallest standard deviation used to divide by (a constant coefficient stays finite)
 CACHE_VERSION = 1  # bump when compute_features changes, so stale cache entries are ignored
+# dBFS (20 * log10(rms), samples in [-1, 1]): the level features.gain_normalization "rms" scales every
+# waveform to. -27 dBFS is the median RMS level of the 883 train-clean-5 training utterances, so a
+# model trained without gain normalization hears speech at its usual level. Models saved with "rms"
+# depend on it, and the feature cache keys on it.
+TARGET_RMS_DBFS = -27.0
+RMS_FLOOR = 1e-7  # waveforms quieter than this RMS (-140 dBFS, below 16-bit quantization noise) are left as they are
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +92,28 @@ def compute_features(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     float32 with the filterbank built once and applied as a sparse matrix: about 30x faster.
     """
     a = _analysis(cfg)
-    mfcc = np.ascontiguousarray((a.dct @ _log_mel(np.asarray(audio, dtype=np.float32), a)).T)  # [T, n_mfcc]
+    audio = normalize_gain(np.asarray(audio, dtype=np.float32), cfg)
+    mfcc = np.ascontiguousarray((a.dct @ _log_mel(audio, a)).T)  # [T, n_mfcc]
     if not cfg.deltas:
         return mfcc
     deltas = [scipy.ndimage.convolve1d(mfcc, k, axis=0, mode="nearest") for k in a.delta_kernels]
     return np.concatenate([mfcc, *deltas], axis=1)
+
+
+def normalize_gain(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 [samples] -> float32 [samples]: the waveform at TARGET_RMS_DBFS when cfg.gain_normalization is "rms".
+
+    A gain g only adds 20 * log10(g) dB to every log-mel value, i.e. shifts c0 (log energy) by a
+    constant that global normalization would pass on to the model; scaling to a fixed RMS removes
+    it, so the same speech recorded at any level gives the same features (to float rounding).
+    "none" returns the audio as it is. Silence (RMS below RMS_FLOOR, e.g. all zeros) is not scaled.
+    """
+    if cfg.gain_normalization == "none" or audio.size == 0:
+        return audio
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    if rms < RMS_FLOOR:
+        return audio
+    return audio * np.float32(10.0 ** (TARGET_RMS_DBFS / 20.0) / rms)
 
 
 def _log_mel(audio: np.ndarray, a: _Analysis) -> np.ndarray:
@@ -243,8 +266,12 @@ def _cache_key(path: Path, cfg: FeatureConfig, speed: float = 1.0) -> str:
     except FileNotFoundError:
         raise DataError(f"{path}: audio file not found") from None
     # normalization is applied after the cache, so it is left out: both modes share entries.
-    raw_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "normalization"}
+    # gain_normalization "none" is left out too, so entries written before the option existed stay
+    # valid; any other mode keys on its name and target level.
+    raw_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("normalization", "gain_normalization")}
     key = [CACHE_VERSION, str(resolved), st.st_size, st.st_mtime_ns, raw_cfg] + ([] if speed == 1.0 else [speed])
+    if cfg.gain_normalization != "none":
+        key += [cfg.gain_normalization, TARGET_RMS_DBFS]
     ident = json.dumps(key, sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
