@@ -15,12 +15,12 @@ import numpy as np
 
 from asr import ctc
 from asr.errors import ConfigError, DataError
-from asr.lm import ARPA_FILE, INFO_FILE, WORDS_FILE, outside_alphabet
+from asr.io import atomic_write_text, check_output_dir, read_text
+from asr.lm import ARPA_FILE, INFO_FILE, TUNED_FILE, WORDS_FILE, outside_alphabet
 from asr.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
-TUNED_FILE = "decoding.json"  # in an LM directory: the best decoding settings found on a dev set (asr lm tune)
 LM_FILES = (ARPA_FILE, WORDS_FILE, INFO_FILE)
 
 DEFAULT_LM_BEAM = 50  # beams kept by the LM decoder when neither the user nor a tuning chose
@@ -73,39 +73,53 @@ class LanguageModel:
     def load(cls, lm_dir: str | Path) -> "LanguageModel":
         path = Path(lm_dir)
         if not path.is_dir():
-            raise DataError(f"{path}: no LM directory there; build one with asr lm build {path} TEXT...")
+            what = "a file, not an LM directory" if path.exists() else "no LM directory there"
+            raise DataError(f"{path}: {what}; build one with asr lm build {path} TEXT...")
         for name in LM_FILES:
-            if not (path / name).is_file():
+            if not (path / name).exists():
                 raise DataError(f"{path / name}: missing from the LM directory; rebuild it with asr lm build")
-        words = tuple(_read_text(path / WORDS_FILE).split())
+            if not (path / name).is_file():
+                raise DataError(f"{path / name}: a folder, not a file; rebuild the LM with asr lm build")
+        words = tuple(read_text(path / WORDS_FILE, "LM word list").split())
         if not words:
             raise DataError(f"{path / WORDS_FILE}: empty word list; rebuild the LM with asr lm build")
         info = _read_json(path / INFO_FILE)
-        tuned = _read_json(path / TUNED_FILE) if (path / TUNED_FILE).is_file() else {}
+        tuned = _check_tuned(path / TUNED_FILE, _read_json(path / TUNED_FILE)) if (path / TUNED_FILE).exists() else {}
         return cls(path, words, info, tuned)
+
+    def check_writable(self) -> None:
+        """Fails before any decoding when write_tuned() could not save into the directory."""
+        check_output_dir(self.path, "LM directory asr lm tune saves its settings into")
 
     def write_tuned(self, settings: dict) -> None:
         """Saves the best decoding settings into the directory (asr lm tune)."""
-        from asr.io import atomic_write_text
-
         atomic_write_text(self.path / TUNED_FILE, json.dumps(settings, indent=1) + "\n")
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); rebuild the LM with asr lm build") from None
-
-
 def _read_json(path: Path) -> dict:
+    text = read_text(path, "JSON file")
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text)
     except ValueError as exc:
         raise DataError(f"{path}: malformed JSON ({exc}); rebuild the LM or delete the file") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data
+
+
+def _check_tuned(path: Path, tuned: dict) -> dict:
+    """decoding.json's settings, each checked: a bad one is a DataError naming the file."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    checks = {
+        "beam_width": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "lm_weight": number,
+        "word_score": number,
+        "lexicon": lambda v: isinstance(v, bool),
+    }
+    for key, ok in checks.items():
+        if key in tuned and not ok(tuned[key]):
+            raise DataError(f"{path}: {key} {tuned[key]!r} is not a valid setting; run asr lm tune again or delete the file")
+    return tuned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +269,9 @@ def tune(vocab: Vocabulary, posteriors: list[np.ndarray], references: list[str],
 
     if len(posteriors) != len(references) or not references:
         raise ValueError(f"{len(posteriors)} posteriors for {len(references)} references")
-    base = dataclasses.replace(options, lm_weight=None, word_score=None)
+    # The grid's own choices, not an earlier tuning's: lexicon unless told otherwise, the default beam.
+    base = dataclasses.replace(options, lm_weight=None, word_score=None, lexicon=options.lexicon is not False,
+                               beam_width=options.beam_width or DEFAULT_LM_BEAM)
     grid = []
     for alpha in lm_weights:
         for beta in word_scores:

@@ -145,6 +145,13 @@ def test_tune_finds_the_weight_that_fixes_the_unsure_word(lm_dir):
     assert result["best"]["lm_weight"] == 1.0 and result["best"]["beam_width"] == 16
 
 
+def test_tune_ignores_an_earlier_tuning(lm_dir):
+    LanguageModel.load(lm_dir).write_tuned({"lm_weight": 0.9, "word_score": 2.5, "beam_width": 12, "lexicon": False})
+    unsure = frames(spelled("the ca") + [{"b": 0.55, "t": 0.45}, "_"])
+    result = decode.tune(VOCAB, [unsure], ["the cat"], DecodeOptions(lm_dir=str(lm_dir)), lm_weights=(1.0,), word_scores=(0.0,))
+    assert result["best"]["lexicon"] is True and result["best"]["beam_width"] == decode.DEFAULT_LM_BEAM
+
+
 def test_words_outside_the_alphabet_leave_the_lexicon():
     assert decode.lexicon_words(["cat", "café", "1984", "don't"], VOCAB) == (["cat", "don't"], 2)
 
