@@ -26,19 +26,21 @@ from pathlib import Path
 import numpy as np
 
 from asr import config as config_lib
-from asr.errors import AsrError, DataError
+from asr.errors import AsrError, ConfigError, DataError
 from asr.features import FeatureStats
-from asr.io import atomic_dir, atomic_write_text, file_checksums, sha256_text, verify_file
+from asr.io import atomic_dir, atomic_write_text, check_replaceable_dir, file_checksums, read_text, sha256_text, verify_file
 from asr.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
+MODEL_FILES = (CONFIG, "vocab.json", "stats.json", "weights.npz")  # a model directory's files (stats.json optional)
 CHECKSUMS = "checksums"  # key of config.json holding {file name: SHA-256}
 LATEST = "latest"  # file in the checkpoint folder naming the newest checkpoint written (for people)
 KEEP = 2  # checkpoints of a run kept besides its newest
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
 _ARRAY_KEY = "v{:04d}"  # names of the arrays in weights.npz / optimizer.npz, in variable order
+_ZIP_MAGIC = b"PK\x03\x04"  # how an .npz (a zip archive) begins
 
 
 # --- arrays --------------------------------------------------------------------------------------
@@ -54,7 +56,15 @@ def _read_arrays(path: Path, what: str = "weight") -> list[np.ndarray]:
     """The arrays of an .npz written by _save_arrays, in order: finite floating-point numbers
     only (never unpickles). DataError naming the file when it is missing or damaged."""
     if not path.is_file():
-        raise DataError(f"{path}: missing {what} file (the folder is incomplete; re-export or retrain it)")
+        problem = f"a folder, not a {what} file" if path.is_dir() else f"missing {what} file"
+        raise DataError(f"{path}: {problem} (the folder is incomplete; re-export or retrain it)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_ZIP_MAGIC))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+    if magic != _ZIP_MAGIC:  # else NumPy takes it for a pickle and suggests unpickling it
+        raise DataError(f"{path}: damaged or not a {what} file (not an .npz archive)")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -102,14 +112,12 @@ def _json_text(data) -> str:
 
 
 def _read_json(path: Path):
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: missing (a model directory needs config.json, vocab.json and weights.npz)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, "JSON file"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: damaged (not UTF-8 text)") from None
 
 
 def _seal(folder: Path, config_dict: dict) -> None:
@@ -168,17 +176,22 @@ def read_model_meta(model_dir: str | Path):
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise DataError(f"{model_dir}: no such model directory (train one with 'asr train RECIPE_DIR')")
-    config = config_lib.from_dict(_verified_config(model_dir), where=str(model_dir / CONFIG))
-    vocab_path = model_dir / "vocab.json"
-    if not vocab_path.is_file():
-        raise DataError(f"{vocab_path}: missing (a model directory needs config.json, vocab.json and weights.npz)")
+        what = "a file, not a model directory" if model_dir.exists() else "no such model directory"
+        raise DataError(f"{model_dir}: {what} (train one with 'asr train RECIPE_DIR')")
     try:
-        vocab = Vocabulary.from_json(vocab_path.read_text(encoding="utf-8"))
-    except (AsrError, UnicodeDecodeError) as exc:
+        config = config_lib.from_dict(_verified_config(model_dir), where=str(model_dir / CONFIG))
+    except ConfigError as exc:
+        raise DataError(f"{model_dir / CONFIG}: {exc}") from None
+    vocab_path = model_dir / "vocab.json"
+    if not vocab_path.exists():
+        raise DataError(f"{vocab_path}: missing (a model directory needs config.json, vocab.json and weights.npz)")
+    text = read_text(vocab_path, "vocabulary file")
+    try:
+        vocab = Vocabulary.from_json(text)
+    except AsrError as exc:
         raise DataError(f"{vocab_path}: damaged ({_one_line(exc)})") from None
     stats_path = model_dir / "stats.json"
-    stats = FeatureStats.load(stats_path) if stats_path.is_file() else None
+    stats = FeatureStats.load(stats_path) if stats_path.exists() else None
     if stats is None and config.features.normalization == "global":
         raise DataError(f"{stats_path}: missing (the model uses global feature normalization)")
     return config, vocab, stats
@@ -193,11 +206,13 @@ def average_model_dirs(model_dirs, out_dir: str | Path) -> Path:
 
     Averaging the last epochs of a run (icefall's --avg) smooths out the noise of the final
     updates; the models must share their features, text and model config (the first one's
-    config, vocabulary and statistics are written). Raises DataError naming a mismatched folder.
+    config, vocabulary and statistics are written). Raises DataError naming a mismatched folder,
+    or out_dir when it cannot be written (checked first) or is a folder of other things than a model.
     """
     dirs = [Path(d) for d in model_dirs]
     if not dirs:
         raise DataError("nothing to average: give one or more model or checkpoint directories")
+    check_replaceable_dir(out_dir, "model directory to write", MODEL_FILES)
     first, total, dtypes = None, None, None
     for folder in dirs:
         config = read_model_meta(folder)[0]

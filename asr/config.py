@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from asr.errors import ConfigError
+from asr.io import read_text
 
 CELL_TYPES = ("lstm", "gru", "ln_lstm", "ln_gru")
 
@@ -271,11 +272,26 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"--set '{item}': expected section.key=value")
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set '{item}': expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set '{item}': the value is not valid YAML ({_yaml_problem(exc)}); quote a text value") from None
         node = nested
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{item}': an earlier --set gave '{'.'.join(parts[:depth])}' a value, not a section")
+        node[parts[-1]] = value
     return nested
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The one-line gist of a YAML error (its problem and where, without the quoted source)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -291,16 +307,29 @@ def _merge(base: dict, extra: dict) -> dict:
 def load_recipe(recipe_dir: str | Path, overrides: list[str] = ()) -> Config:
     """Reads RECIPE_DIR/config.yaml, applies --set overrides and validates the result."""
     path = Path(recipe_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such recipe config (a recipe is a folder with config.yaml)")
+    if Path(recipe_dir).is_file():
+        raise ConfigError(f"{recipe_dir}: a file, not a recipe folder (a recipe is a folder with config.yaml)")
+    text = read_text(path, "recipe config", ConfigError, missing="a recipe is a folder with config.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty recipe config; give at least its name (every other key has a default)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    data = _merge(data, parse_overrides(list(overrides)))
     try:
-        return from_dict(data, where=str(path))
+        return from_dict(_merge(data, parse_overrides(list(overrides))), where=str(path))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{_culprit(data, overrides, path)}: {exc}") from None
+
+
+def _culprit(data: dict, overrides, path: Path) -> str:
+    """Whom an invalid config is to blame on: the --set overrides when the recipe alone is valid."""
+    if overrides:
+        try:
+            from_dict(data)
+            return "--set"
+        except ConfigError:
+            pass
+    return str(path)

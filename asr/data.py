@@ -15,7 +15,7 @@ from asr.augment import spec_augment
 from asr.config import AugmentConfig, FeatureConfig
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureStats, features_for_model, frames_for_duration
-from asr.io import atomic_write_text
+from asr.io import atomic_write_text, read_text
 from asr.text import Vocabulary, normalize_text
 
 LABEL_PAD = 0  # value of padded label positions (the blank; label_lengths says where labels end)
@@ -44,13 +44,10 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     Texts are normalized (normalize_text), so "Hello, World!" trains and scores as "hello world".
     Relative audio paths resolve against the manifest's folder. A malformed line, a missing audio
     file or a repeated id raises DataError naming the manifest and the line number; so does a
-    manifest without any utterance.
+    manifest that is missing, unreadable, not UTF-8 or without any utterance.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: manifest not found; prepare the data first (python -m data_scripts.librispeech --help)") from None
+    lines = read_text(path, "manifest", missing="prepare the data first (python -m data_scripts.librispeech --help)").splitlines()
     utterances, seen = [], {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -85,7 +82,7 @@ def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
         raise DataError(f"{where}: text must be a string, got {text!r}")
     audio_path = (path.parent / audio).resolve() if not Path(audio).is_absolute() else Path(audio)
     if not audio_path.is_file():
-        raise DataError(f"{where}: audio file {audio_path} does not exist")
+        raise DataError(f"{where}: audio file {audio_path} " + ("is a folder" if audio_path.is_dir() else "does not exist"))
     speaker = entry.get("speaker")
     return Utterance(
         id=str(entry.get("id", audio_path.stem)),

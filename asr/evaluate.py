@@ -6,14 +6,12 @@ import collections
 import datetime
 import html
 import json
-import os
 import re
 from pathlib import Path
 
 import jiwer
 
-from asr.errors import DataError
-from asr.io import atomic_write_text
+from asr.io import atomic_write_text, check_output_dir
 
 TOP_CONFUSIONS = 20  # most frequent substitutions, deletions and insertions listed in a report
 
@@ -219,12 +217,7 @@ def summary_line(report: dict) -> str:
 
 def check_report_dir(report_dir) -> None:
     """Fails before any decoding if report_dir cannot hold the report (a file there, no permission)."""
-    report_dir = Path(report_dir)
-    existing = next((p for p in [report_dir, *report_dir.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise DataError(f"{existing}: is a file, not a folder; give --report-dir a folder")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"{existing}: folder is not writable; give --report-dir a folder you can write")
+    check_output_dir(report_dir, "report folder (--report-dir)")
 
 
 def write_report(report: dict, report_dir, command: str, model_dir: str, manifest: str,

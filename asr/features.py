@@ -21,7 +21,7 @@ import scipy.signal
 from asr.audio import change_speed, load_audio
 from asr.config import FeatureConfig
 from asr.errors import ConfigError, DataError
-from asr.io import atomic_open, atomic_write_text
+from asr.io import atomic_open, atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +166,14 @@ class FeatureStats:
     def load(cls, path: str | Path) -> "FeatureStats":
         """Reads statistics written by save(); DataError if the file is missing or malformed."""
         path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: feature statistics file not found; compute them on the training set")
+        text = read_text(path, "feature statistics file")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             mean = np.asarray(data["mean"], dtype=np.float32)
             std = np.asarray(data["std"], dtype=np.float32)
             num = int(data.get("num_frames", 0))
-        except FileNotFoundError:
-            raise DataError(f"{path}: feature statistics file not found; compute them on the training set") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: malformed feature statistics ({exc}); delete it to recompute") from None
         if mean.ndim != 1 or mean.shape != std.shape or not (np.all(np.isfinite(mean)) and np.all(std > 0)):

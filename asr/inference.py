@@ -26,11 +26,11 @@ class Recognizer:
     def __init__(self, model_dir: str | Path, options: DecodeOptions = DecodeOptions()):
         self.model_dir = Path(model_dir)
         self.config, self.vocab, self.stats = checkpoint.read_model_meta(self.model_dir)
+        self.use(options)  # before the weights: a mistake in the LM directory costs no time
         self.model = AcousticModel(self.config.model, self.config.features.num_features, self.vocab.size)
         self.model.build_weights()
         checkpoint.load_weights(self.model_dir, self.model)
         self._forward = tf.function(self._forward_fn, reduce_retracing=True)
-        self.use(options)
 
     def use(self, options: DecodeOptions) -> None:
         """Decodes from now on as options say (the acoustic model stays loaded)."""

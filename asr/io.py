@@ -1,4 +1,4 @@
-"""Atomic writes of files and folders, and SHA-256 checksums: one way, same permissions.
+"""Atomic writes of files and folders (one way, same permissions), SHA-256 checksums, checked reads and output paths.
 
 Everything the project writes goes through a temporary name in the destination's folder and
 os.replace, so a reader (or a run resumed after kill -9) sees either the old content or the new
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from asr.errors import DataError
+from asr.errors import AsrError, DataError
 
 FILE_MODE = 0o644  # rw-r--r--
 DIR_MODE = 0o755  # rwxr-xr-x
@@ -118,6 +118,53 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     return stale
+
+
+def check_output_dir(folder: str | Path, what: str) -> Path:
+    """Fails (DataError naming the path) when folder cannot be created or written: a file at its
+    place or at a parent's, or a folder without write permission. Call it before the long work
+    whose results go there, so that a mistake costs no time; `what` names it, e.g. "--report-dir"."""
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.parents] if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        where = "a file is in the way" if existing == folder else f"{existing} is a file, not a folder"
+        raise DataError(f"{folder}: cannot be the {what}: {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{folder}: cannot be the {what}: no permission to write in {existing}")
+    return folder
+
+
+def check_replaceable_dir(final: str | Path, what: str, own_files) -> Path:
+    """check_output_dir for a folder that atomic_dir() will write as a whole: since that replaces
+    an existing final, final may only hold `own_files` (a previous output of the same kind)."""
+    final = Path(final)
+    if not final.is_dir():
+        return check_output_dir(final, what)
+    foreign = sorted(p.name for p in final.iterdir() if p.name not in own_files)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise DataError(f"{final}: cannot be the {what}: the folder holds other things ({shown}), which writing it would replace; give a new folder")
+    check_output_dir(final.parent, what)
+    return final
+
+
+def read_text(path: str | Path, what: str, error: type[AsrError] = DataError, missing: str = "") -> str:
+    """The UTF-8 text of a file, or `error` naming it when it is missing (then `missing` says
+    what to do), a folder, unreadable, or not UTF-8 (with the line of the first bad byte)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}" + (f"; {missing}" if missing else "")) from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(f"{path}: line {line}: not UTF-8 (byte {data[exc.start]:#04x}); convert the {what} to UTF-8") from None
 
 
 def make_dirs(folder: str | Path) -> Path:

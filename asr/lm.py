@@ -17,7 +17,7 @@ import numpy as np
 
 from asr.config import TextConfig
 from asr.errors import ConfigError, DataError
-from asr.io import atomic_dir
+from asr.io import atomic_dir, check_replaceable_dir
 from asr.text import normalize_text
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -26,6 +26,8 @@ TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
 ARPA_FILE = "lm.arpa"  # an LM directory: the n-gram model (ARPA text, what KenLM loads) ...
 WORDS_FILE = "words.txt"  # ... its words, most frequent first (the decoder's lexicon) ...
 INFO_FILE = "lm.json"  # ... and how it was built
+TUNED_FILE = "decoding.json"  # ... and, once asr lm tune ran, the best decoding settings found on a dev set
+LM_DIR_FILES = (ARPA_FILE, WORDS_FILE, INFO_FILE, TUNED_FILE)
 LEXICON_EXAMPLES = 10  # words outside the alphabet quoted in lm.json
 DEFAULT_PRUNE = (0, 1)  # build_lm's lmplz --prune: n-grams of order 2 and above seen once are dropped
 _SENTENCE_BREAK = re.compile(r"[.!?;:]|\n\s*\n")  # sentence punctuation or a blank line
@@ -75,7 +77,7 @@ def read_text(path: Path) -> str:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
@@ -88,17 +90,16 @@ def read_text(path: Path) -> str:
 def read_corpus(paths: str | Path | Iterable[str | Path]) -> Iterator[str]:
     """Normalized sentences of the text files and folders in paths (see find_text_files).
 
-    Raises DataError naming the files when they hold no word at all after normalization.
+    Raises DataError naming a file that holds no word at all after normalization (an empty
+    file is a mistake, e.g. a failed download, rather than part of a corpus).
     """
-    files = find_text_files(paths)
-    any_words = False
-    for path in files:
+    for path in find_text_files(paths):
+        any_words = False
         for sentence in split_sentences(read_text(path)):
             any_words = True
             yield sentence
-    if not any_words:
-        names = ", ".join(map(str, files[:3])) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        raise DataError(f"{names}: no words after normalization (empty corpus)")
+        if not any_words:
+            raise DataError(f"{path}: no words after normalization (an empty text file); remove it from the corpus")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def prune_thresholds(order: int, prune: Sequence[int]) -> tuple[int, ...]:
     prune = tuple(int(t) for t in prune)
     if not prune or len(prune) > order or prune[0] != 0 or list(prune) != sorted(prune):
         raise ConfigError(
-            f"prune thresholds {prune}: expected 1 to {order} non-decreasing counts starting with 0 (unigrams are never pruned)"
+            f"--prune {' '.join(map(str, prune))}: expected 1 to {order} (the order) non-decreasing counts starting with 0 (unigrams are never pruned)"
         )
     return prune + (prune[-1],) * (order - len(prune))
 
@@ -487,10 +488,12 @@ def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[in
     DEFAULT_PRUNE, (0, 1, 1, ...): n-grams of order 2 and above seen once are dropped; (0,) keeps all.
     alphabet: the characters of the models it is for; words spelled outside it stay in the LM
     but a decoder drops them from its lexicon, and lm.json counts them ("lexicon").
-    Raises DataError (unreadable or empty text, too little text for the order) or ConfigError.
+    Raises DataError (out_dir not writable or a folder of other things, checked first; unreadable
+    or empty text; too little text for the order) or ConfigError.
     """
     started = time.time()
     out_dir = Path(out_dir)
+    check_replaceable_dir(out_dir, "LM directory to write", LM_DIR_FILES)
     thresholds = prune_thresholds(order, DEFAULT_PRUNE[:order] if prune is None else prune)
     files = find_text_files(text_paths)
     lm = estimate(count_ngrams(read_corpus(files), order), thresholds)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from asr.config import Config, ModelConfig, to_dict
 from asr.errors import ConfigError, DataError
+from asr.io import check_output_dir, make_dirs
 from asr.model import make_cell
 from asr.rnn import dynamic_rnn
 from asr.train import make_optimizer
@@ -250,8 +251,7 @@ def train(config: Config, exp_dir: str | Path) -> dict:
     exp_dir/results.json together with the resolved config.
     """
     check_config(config)
-    exp_dir = Path(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    exp_dir = make_dirs(check_output_dir(exp_dir, "experiment folder (--exp-dir)"))
     x_train, y_train, x_test, y_test = load_mnist(config.data.data_dir or exp_dir / "data")
     keras.utils.set_random_seed(config.train.seed)
     model = MnistClassifier(config.model, seed=config.train.seed)

@@ -24,7 +24,7 @@ from asr.config import Config, to_dict
 from asr.data import filter_utterances, make_dataset, read_manifest
 from asr.errors import ConfigError, DataError, ExperimentError
 from asr.features import FeatureStats, compute_stats
-from asr.io import atomic_write_text, make_dirs, remove_stale_temporaries
+from asr.io import atomic_write_text, check_output_dir, make_dirs, remove_stale_temporaries
 from asr.model import AcousticModel, output_lengths
 from asr.text import Vocabulary
 
@@ -57,6 +57,23 @@ def prepare_data(config: Config, exp_dir: Path):
         root, exp_dir / "data", data.subsets, dev_speakers=data.dev_speakers, alphabet=config.text.alphabet
     )
     return read_manifest(train_path), read_manifest(dev_path) if data.dev_speakers else []
+
+
+def check_corpus(config: Config) -> None:
+    """DataError naming the file or folder when the recipe's corpus is not there: its manifests
+    (read line by line) or, under a given data_dir, its LibriSpeech subset folders."""
+    data = config.data
+    if data.corpus == "manifest":
+        for name in (data.train_manifest, data.dev_manifest):
+            if name:
+                read_manifest(Path(data.data_dir or ".") / name)
+    elif data.data_dir:
+        from data_scripts import librispeech
+
+        for subset in data.subsets:
+            folder = librispeech.subset_dir(Path(data.data_dir), subset)
+            if not folder.is_dir():
+                raise DataError(f"{folder}: no such folder; fix --data-dir (data.data_dir) or data.subsets, or leave data_dir empty to download")
 
 
 def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | None:
@@ -587,6 +604,8 @@ def train(config: Config, exp_dir: str | Path, resume: bool = False, overwrite: 
     found in exp_dir aside (claim_exp_dir) instead of refusing to start.
     """
     exp_dir = Path(exp_dir)
+    check_output_dir(exp_dir, "experiment folder (--exp-dir)")
+    check_corpus(config)  # before anything is written: a mistake leaves no folder behind
     aside = claim_exp_dir(exp_dir, resume, overwrite)
     handlers = setup_logging(exp_dir)
     try:

@@ -194,7 +194,7 @@ def test_build_lm_writes_a_complete_directory(tmp_path):
     book = require(SHARED_DATA / "lm_books" / "12.txt.xz")  # Through the Looking-Glass, raw
     out = tmp_path / "lm"
     out.mkdir()
-    (out / "stale.txt").write_text("replaced as a whole")
+    (out / "decoding.json").write_text("{}")  # an older LM's tuning: the folder is replaced as a whole
     summary = lm.build_lm(out, [book], order=3)
     assert sorted(p.name for p in out.iterdir()) == ["lm.arpa", "lm.json", "words.txt"]
     assert json.loads((out / "lm.json").read_text()) == summary
