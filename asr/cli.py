@@ -11,13 +11,21 @@ import sys
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake on one line: what is wrong and where the usage is (its
+    subcommands' parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
+    parser = _Parser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,average,lm}")
 
     p = sub.add_parser("train", help="train the model of a recipe (a folder with config.yaml)")
     p.add_argument("recipe_dir", help="recipe folder, e.g. recipes/librispeech_small or recipes/mnist")
-    p.add_argument("--data-dir", help="corpus root (sets data.data_dir); default: the recipe's, else download")
+    p.add_argument("--data-dir", type=_existing_dir, help="corpus root (sets data.data_dir); default: the recipe's, else download")
     p.add_argument("--exp-dir", help="experiment folder for checkpoints, logs and model/ (default: exp/<recipe>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
@@ -92,6 +100,13 @@ def _int_at_least(minimum: int):
 _positive_int, _count = _int_at_least(1), _int_at_least(0)
 
 
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: " + ("a file, not a folder" if path.exists() else "no such folder"))
+    return path
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -106,8 +121,8 @@ def cmd_train(args) -> int:
     from asr.config import load_recipe
 
     overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={Path(args.data_dir).resolve()}")
+    if args.data_dir:  # as a JSON string, which YAML reads as it is (a path may hold '#', ': ', brackets)
+        overrides.append(f"data.data_dir={json.dumps(str(args.data_dir.resolve()))}")
     config = load_recipe(args.recipe_dir, overrides)
     exp_dir = Path(args.exp_dir or Path("exp") / Path(args.recipe_dir).resolve().name)
     if config.task == "classify":
@@ -209,8 +224,9 @@ def cmd_lm_tune(args) -> int:
 
     options = decode.DecodeOptions(beam_width=args.beam_width, lm_dir=args.lm_dir, lexicon=args.lexicon)
     lm = decode.LanguageModel.load(args.lm_dir)  # fails fast, before the model loads
+    lm.check_writable()  # where the result goes, before the decoding
     utterances = read_manifest(args.manifest)
-    recognizer = Recognizer(args.model_dir)
+    recognizer = Recognizer(args.model_dir, options)  # KenLM loads the ARPA file before the acoustic model
     feats = [recognizer.features(u.audio_filepath) for u in utterances]
     posteriors = recognizer.posteriors(feats)
     show = lambda g: print(f"lm weight {g['lm_weight']:g}, word score {g['word_score']:g}: WER {100 * g['wer']:.2f}%, CER {100 * g['cer']:.2f}%", flush=True)  # noqa: E731
@@ -257,19 +273,25 @@ def main(argv: list[str] | None = None) -> int:
     _import_tensorflow_quietly()
     from asr.errors import AsrError
 
+    name = " ".join(filter(None, ["asr", args.command, getattr(args, "lm_command", None)]))
     try:
         return COMMANDS[args.command](args)
     except AsrError as exc:
-        print(f"asr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the system refused a path no check foresaw (permissions, a full disk): name it
+        if exc.filename is None:
+            raise
+        print(f"{name}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # an AsrError raised inside the tf.data pipeline arrives wrapped by TensorFlow
-        wrapped = re.search(r"(?:AudioError|DataError|ConfigError): ([^\n]+)", str(exc))
+        wrapped = re.search(r"(?:AudioError|DataError|ConfigError|ExperimentError): ([^\n]+)", str(exc))
         if wrapped is None or not type(exc).__module__.startswith("tensorflow"):
-            raise
-        print(f"asr {args.command}: error: {wrapped.group(1).strip()}", file=sys.stderr)
+            raise  # anything else is a bug: its traceback is what a report needs
+        print(f"{name}: error: {wrapped.group(1).strip()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"asr {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
 
 
