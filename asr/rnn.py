@@ -18,10 +18,20 @@ Why the loops are fast on CPU (a training step spends most of its time in them):
   TensorArray read costs O(T)), layer norm has a hand-written gradient, and per-step weights are
   pre-broadcast to the batch (see the helpers for the measured reasons);
 - dropout masks are sampled once per sequence; input and output dropout happen outside the loop.
+Mixed precision (a cell made with dtype="mixed_bfloat16" or "mixed_float16"): only the matmul
+operands are cast to the compute dtype (bf16/f16); the weights stay float32 (the optimizer updates
+those), and the gate nonlinearities, layer norm, the carried states and the loop's outputs stay in
+float32. On this project's CPU a bf16 matmul is ~2x faster than float32 (oneDNN, avx512_bf16) but a
+bf16 elementwise op is ~5x SLOWER (Eigen converts every element to float and back), so the
+elementwise half of each step is kept in float32 on purpose; it also keeps c's recurrence exact.
+Dropout is reproducible: given a `dropout_seed` (a [2] integer tensor, e.g. (replica, step)), the
+masks come from stateless random ops keyed by it and by each DropoutWrapper's seed, so a training
+step draws the same masks whenever it runs, in a resumed run too.
 XLA was measured and is not used: compiling each step is slower on CPU (launch overhead), and
 compiling a whole loop needs static shapes, so it would recompile for every padded length.
 """
 
+import random
 from typing import NamedTuple
 
 import keras
@@ -41,6 +51,10 @@ __all__ = [
 ]
 
 LAYER_NORM_EPSILON = 1e-5  # added to the variance before its inverse square root
+# Dtypes in which the two directions' recurrent matmuls run as one BatchMatMul (_stack_weights):
+# in bf16 it took the bench/rnn.py step from 0.77x to 0.64x of float32's (the two MatMuls of B=16
+# rows are slow in oneDNN's bf16 path); in float32 it was 5% slower than two MatMuls.
+BATCHED_MATMUL_DTYPES = (tf.bfloat16,)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,13 +119,21 @@ def _frozen_matmul(h, frozen):
 
 def _recurrent_matmul(h, kernel):
     """h @ kernel: h [B, U] and kernel [U, G] (a tensor or a _FrozenKernel); or both directions
-    at once, h [2, B, U] and a pair of kernels (two MatMuls and a stack: on CPU ~3x faster than
-    one BatchMatMul here)."""
+    at once, h [2, B, U] and either a pair of kernels (two MatMuls and a stack: in float32 on CPU
+    ~3x faster than one BatchMatMul here) or, in bfloat16, kernels stacked to [2, U, G] (one
+    BatchMatMul: there, the faster one; see BATCHED_MATMUL_DTYPES). h is cast to the kernel's
+    dtype and the product back to h's (no-ops unless the cell runs in mixed precision)."""
+    first = kernel[0] if isinstance(kernel, list | tuple) and not isinstance(kernel, _FrozenKernel) else kernel
+    matmul_dtype = (first.kernel if isinstance(first, _FrozenKernel) else first).dtype
+    return tf.cast(_matmul(tf.cast(h, matmul_dtype), kernel), h.dtype)
+
+
+def _matmul(h, kernel):
     if isinstance(kernel, _FrozenKernel):
         return _frozen_matmul(h, kernel)
     if isinstance(kernel, (list, tuple)):
         per_direction = zip(tf.unstack(h, num=len(kernel)), kernel)
-        return tf.stack([_recurrent_matmul(h_k, kernel_k) for h_k, kernel_k in per_direction])
+        return tf.stack([_matmul(h_k, kernel_k) for h_k, kernel_k in per_direction])
     return tf.matmul(h, kernel)
 
 
@@ -129,10 +151,26 @@ class _RecurrentCell(keras.layers.Layer):
     _ADDITIVE_RECURRENCE = True  # z = projected + h @ recurrent_kernel, as _KernelGradient needs
 
     def __init__(self, num_units, **kwargs):
+        kwargs.setdefault("autocast", False)  # the cell casts its weights itself (see _read)
         super().__init__(**kwargs)
         if num_units <= 0:
             raise ValueError(f"num_units must be positive, got {num_units}")
         self.num_units = int(num_units)
+
+    @property
+    def matmul_dtype(self):
+        """The dtype of both operands of the cell's matmuls: the policy's compute dtype."""
+        return self.compute_dtype
+
+    @property
+    def state_dtype(self):
+        """The dtype of the states, outputs and elementwise math: the weights' (variable) dtype,
+        float32 under a mixed policy."""
+        return self.variable_dtype
+
+    def _read(self, weight, matmul=False):
+        """A weight as a tensor in the dtype it is used in (matmul operand or elementwise)."""
+        return tf.cast(weight, self.matmul_dtype if matmul else self.state_dtype)
 
     @property
     def state_size(self):
@@ -157,18 +195,21 @@ class _RecurrentCell(keras.layers.Layer):
         """Creates the weights beyond the two kernels."""
 
     def get_initial_state(self, batch_size=None):
-        return [tf.zeros([batch_size, self.num_units], self.compute_dtype) for _ in range(self._NUM_STATES)]
+        return [tf.zeros([batch_size, self.num_units], self.state_dtype) for _ in range(self._NUM_STATES)]
 
     def project_inputs(self, inputs):
-        """The input part of the gate pre-activations: [..., D] -> [..., G], one matmul for all steps."""
+        """The input part of the gate pre-activations: [..., D] -> [..., G] (state dtype), one
+        matmul for all steps (in the matmul dtype)."""
         if not self.built:
             self.build(inputs.shape)
-        kernel = tf.convert_to_tensor(self.kernel)
+        kernel = self._read(self.kernel, matmul=True)
+        inputs = tf.cast(inputs, self.matmul_dtype)
         if inputs.shape.rank == 2:
             projected = tf.matmul(inputs, kernel)
         else:
             flat = tf.matmul(tf.reshape(inputs, [-1, kernel.shape[0]]), kernel)
             projected = tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[1]]], axis=0))
+        projected = tf.cast(projected, self.state_dtype)
         bias = self._input_bias()
         return projected if bias is None else projected + bias
 
@@ -195,7 +236,7 @@ class _RecurrentCell(keras.layers.Layer):
 
     def fusion_key(self):
         """Two cells with equal keys can run stacked in one loop (see bidirectional_dynamic_rnn)."""
-        return (type(self), self.num_units, tuple(self.kernel.shape), self.kernel.dtype)
+        return (type(self), self.num_units, tuple(self.kernel.shape), self.state_dtype, self.matmul_dtype)
 
     def get_config(self):
         return {**super().get_config(), "num_units": self.num_units}
@@ -230,12 +271,12 @@ class LSTMCell(_RecurrentCell):
     def _input_bias(self):
         units = self.num_units
         forget = tf.concat([tf.zeros([units]), tf.fill([units], self.forget_bias), tf.zeros([2 * units])], 0)
-        return self.bias + tf.cast(forget, self.bias.dtype)
+        return self._read(self.bias) + tf.cast(forget, self.state_dtype)
 
     def step_weights(self):
-        weights = {"recurrent_kernel": tf.convert_to_tensor(self.recurrent_kernel)}
+        weights = {"recurrent_kernel": self._read(self.recurrent_kernel, matmul=True)}
         if self.use_peepholes:
-            peep_i, peep_f, peep_o = tf.unstack(tf.convert_to_tensor(self.peephole_kernel))
+            peep_i, peep_f, peep_o = tf.unstack(self._read(self.peephole_kernel))
             weights.update(peephole_i=peep_i, peephole_f=peep_f, peephole_o=peep_o)
         return weights
 
@@ -294,13 +335,13 @@ class LayerNormLSTMCell(_RecurrentCell):
         self.state_shift = self.add_weight(name="state_shift", shape=(units,), initializer="zeros")
 
     def step_weights(self):
-        forget = tf.constant([[0.0], [self.forget_bias], [0.0], [0.0]], self.gate_shift.dtype)
+        forget = tf.constant([[0.0], [self.forget_bias], [0.0], [0.0]], self.state_dtype)
         return {
-            "recurrent_kernel": tf.convert_to_tensor(self.recurrent_kernel),
-            "gate_gain": tf.convert_to_tensor(self.gate_gain),
-            "gate_shift": self.gate_shift + forget,
-            "state_gain": tf.convert_to_tensor(self.state_gain),
-            "state_shift": tf.convert_to_tensor(self.state_shift),
+            "recurrent_kernel": self._read(self.recurrent_kernel, matmul=True),
+            "gate_gain": self._read(self.gate_gain),
+            "gate_shift": self._read(self.gate_shift) + forget,
+            "state_gain": self._read(self.state_gain),
+            "state_shift": self._read(self.state_shift),
         }
 
     def _step(self, weights, projected, states):
@@ -335,10 +376,10 @@ class GRUCell(_RecurrentCell):
         self.bias = self.add_weight(name="bias", shape=(2, 3 * self.num_units), initializer="zeros")
 
     def _input_bias(self):
-        return self.bias[0]
+        return self._read(self.bias)[0]
 
     def step_weights(self):
-        return {"recurrent_kernel": tf.convert_to_tensor(self.recurrent_kernel), "recurrent_bias": self.bias[1]}
+        return {"recurrent_kernel": self._read(self.recurrent_kernel, matmul=True), "recurrent_bias": self._read(self.bias)[1]}
 
     def _step(self, weights, projected, states):
         h = states[0]
@@ -370,10 +411,10 @@ class LayerNormGRUCell(_RecurrentCell):
         self.gate_shift = self.add_weight(name="gate_shift", shape=(3, units), initializer="zeros")
 
     def step_weights(self):
-        gain = tf.convert_to_tensor(self.gate_gain)
-        shift = tf.convert_to_tensor(self.gate_shift)
+        gain = self._read(self.gate_gain)
+        shift = self._read(self.gate_shift)
         return {
-            "recurrent_kernel": tf.convert_to_tensor(self.recurrent_kernel),
+            "recurrent_kernel": self._read(self.recurrent_kernel, matmul=True),
             "zr_gain": gain[:2],
             "zr_shift": shift[:2],
             "candidate_gain": gain[2],
@@ -407,10 +448,18 @@ class _DropoutMasks(NamedTuple):
 
 
 def _keep_mask(batch_size, size, keep_prob, seed, dtype, training):
-    """A [batch, size] mask keeping each unit with probability keep_prob, scaled by 1/keep_prob."""
+    """A [batch, size] mask keeping each unit with probability keep_prob, scaled by 1/keep_prob.
+
+    seed: a [2] integer tensor keys a stateless draw (the same key, the same mask); an int or
+    None is the op seed of a stateful tf.random.uniform (a new mask at each run of the op).
+    """
     if keep_prob >= 1.0 or training is False or training is None:
         return None
-    kept = tf.random.uniform([batch_size, size], seed=seed) < keep_prob
+    if isinstance(seed, (tf.Tensor, tf.Variable)):
+        uniform = tf.random.stateless_uniform([batch_size, size], seed=seed)
+    else:
+        uniform = tf.random.uniform([batch_size, size], seed=seed)
+    kept = uniform < keep_prob
     mask = tf.cast(kept, dtype) / tf.cast(keep_prob, dtype)
     if isinstance(training, bool):
         return mask
@@ -425,12 +474,19 @@ class DropoutWrapper(keras.layers.Layer):
     once per sequence in each call of the loops here, the same at every time step, scaled by
     1/keep_prob. Dropping the state touches h only, never the LSTM memory c (as TF1's default).
     Inside `keras.layers.RNN`, which calls the cell step by step, masks are sampled at every step.
-    `seed` (an int, or None) seeds the three masks with seed, seed + 1, seed + 2; as in TF1,
-    wrappers given the same seed draw the same masks, so give each layer and direction its own.
+
+    Seeds: given a call's `dropout_seed` (a [2] integer tensor, see dynamic_rnn), the three masks
+    are stateless draws keyed by (dropout_seed, seed, mask): a function of those alone, so a step
+    that runs again (a resumed run) draws the same masks. Without one, `seed` (an int, or None)
+    is the op seed of the three masks' stateful draws, seed, seed + 1, seed + 2, as in TF1. Either
+    way wrappers given the same seed draw the same masks, so give each layer and direction its
+    own (a wrapper made with seed=None keys its stateless draws with a number drawn from Python's
+    `random` when it is made, which keras.utils.set_random_seed seeds).
     """
 
     def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0, seed=None, **kwargs):
         super().__init__(**kwargs)
+        self._stateless_key = seed if seed is not None else random.getrandbits(31)
         for name, value in [("input", input_keep_prob), ("output", output_keep_prob), ("state", state_keep_prob)]:
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"DropoutWrapper: {name}_keep_prob must be in (0, 1], got {value}")
@@ -455,12 +511,18 @@ class DropoutWrapper(keras.layers.Layer):
     def get_initial_state(self, batch_size=None):
         return self.cell.get_initial_state(batch_size=batch_size)
 
-    def sample_masks(self, batch_size, input_size, training):
-        """This call's masks: inputs [B, input_size], outputs and state [B, output_size]."""
+    def sample_masks(self, batch_size, input_size, training, dropout_seed=None):
+        """This call's masks: inputs [B, input_size], outputs and state [B, output_size], in the
+        wrapped cell's state dtype; dropout_seed: None or a [2] integer tensor (see the class)."""
+        dtype = getattr(_core_cell(self), "state_dtype", self.compute_dtype)
 
         def mask(size, keep_prob, offset):
-            seed = None if self.seed is None else self.seed + offset
-            return _keep_mask(batch_size, size, keep_prob, seed, self.compute_dtype, training)
+            if dropout_seed is None:
+                seed = None if self.seed is None else self.seed + offset
+            else:
+                key = tf.random.experimental.stateless_fold_in(tf.cast(dropout_seed, tf.int64), self._stateless_key)
+                seed = tf.random.experimental.stateless_fold_in(key, offset)
+            return _keep_mask(batch_size, size, keep_prob, seed, dtype, training)
 
         units = self.cell.output_size
         return _DropoutMasks(
@@ -470,7 +532,7 @@ class DropoutWrapper(keras.layers.Layer):
         )
 
     def call(self, inputs, states, training=False):
-        masks = self.sample_masks(tf.shape(inputs)[0], inputs.shape[-1], training)
+        masks = self.sample_masks(tf.shape(inputs)[0], inputs.shape[-1], training)  # stateful: step by step
         output, new_states = self.cell(_apply_mask(inputs, masks.inputs), list(states), training=training)
         return _apply_mask(output, masks.outputs), _drop_state(new_states, masks.state)
 
@@ -491,9 +553,16 @@ class DropoutWrapper(keras.layers.Layer):
         return cls(**config)
 
 
+def _core_cell(cell):
+    """The recurrent cell inside any DropoutWrappers."""
+    while isinstance(cell, DropoutWrapper):
+        cell = cell.cell
+    return cell
+
+
 def _apply_mask(x, mask):
     """x [..., B, size] times a [B, size] mask (broadcast over any leading time axis)."""
-    return x if mask is None else x * mask
+    return x if mask is None else x * tf.cast(mask, x.dtype)
 
 
 def _drop_state(states, mask):
@@ -518,7 +587,7 @@ class _Run(NamedTuple):
     masks: _DropoutMasks
 
 
-def _prepare(cell, inputs, training):
+def _prepare(cell, inputs, training, dropout_seed):
     """Builds cell for inputs [..., B, D], unwraps its DropoutWrappers and samples their masks."""
     if not cell.built:
         cell.build(inputs.shape)
@@ -530,7 +599,7 @@ def _prepare(cell, inputs, training):
     if not isinstance(core, _RecurrentCell):
         raise TypeError(f"asr.rnn needs one of its own cells (optionally in DropoutWrapper), got {type(core).__name__}")
     batch_size = tf.shape(inputs)[-2]
-    sampled = [w.sample_masks(batch_size, inputs.shape[-1], training) for w in wrappers]
+    sampled = [w.sample_masks(batch_size, inputs.shape[-1], training, dropout_seed) for w in wrappers]
     if not sampled:
         return _Run(core, _DropoutMasks(None, None, None))
     return _Run(core, _DropoutMasks(*(_product(kind) for kind in zip(*sampled))))
@@ -622,9 +691,9 @@ class _KernelGradient:
 
         @tf.custom_gradient
         def hook(projected, kernel):
-            def grad(d_projected):
-                flat_h = tf.reshape(self._carried, [-1, kernel.shape[0]])
-                flat_d_z = tf.reshape(d_projected, [-1, kernel.shape[1]])
+            def grad(d_projected):  # in the kernel's (matmul) dtype, as the loop's matmuls
+                flat_h = tf.cast(tf.reshape(self._carried, [-1, kernel.shape[0]]), kernel.dtype)
+                flat_d_z = tf.cast(tf.reshape(d_projected, [-1, kernel.shape[1]]), kernel.dtype)
                 d_kernel = tf.matmul(flat_h, flat_d_z, transpose_a=True)
                 return d_projected, d_kernel
 
@@ -656,7 +725,7 @@ def _initial_states(cell, initial_state, batch_size):
     states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
     if len(states) != len(cell.state_size):
         raise ValueError(f"initial_state has {len(states)} tensors, {cell.name} needs {len(cell.state_size)}")
-    return [tf.convert_to_tensor(s, cell.compute_dtype) for s in states]
+    return [tf.cast(s, cell.state_dtype) for s in states]
 
 
 def _broadcast_batch(weight, batch_size):
@@ -665,10 +734,10 @@ def _broadcast_batch(weight, batch_size):
     return tf.broadcast_to(weight, tf.concat([[batch_size], tf.shape(weight)], axis=0))
 
 
-def _direction(cell, step_inputs, initial_state, training):
+def _direction(cell, step_inputs, initial_state, training, dropout_seed):
     """Prepares cell to run over step_inputs [n, B, D] (the inputs of the n steps to run, time-major,
     in step order): dropout masks, projection, weights, initial states."""
-    run = _prepare(cell, step_inputs, training)
+    run = _prepare(cell, step_inputs, training, dropout_seed)
     batch_size = tf.shape(step_inputs)[1]
     weights = run.cell.step_weights()
     reversed_inputs = tf.reverse(_apply_mask(step_inputs, run.masks.inputs), axis=[0])  # see _loop
@@ -723,38 +792,41 @@ def _run_one(direction, lengths, num_steps):
 # ----------------------------------------------------------------------------------------------
 
 
-def _rnn_time_major(cell, inputs, lengths, initial_state, training):
+def _rnn_time_major(cell, inputs, lengths, initial_state, training, dropout_seed):
     """dynamic_rnn on time-major inputs [T, B, D] -> (outputs [T, B, U], final states)."""
     time = tf.shape(inputs)[0]
     num_steps = _num_steps(time, lengths)
-    direction = _direction(cell, inputs[:num_steps], initial_state, training)
+    direction = _direction(cell, inputs[:num_steps], initial_state, training, dropout_seed)
     outputs, final_states = _run_one(direction, lengths, num_steps)
     return _finish(direction, outputs, time), final_states
 
 
-def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, time_major=False, training=False):
+def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, time_major=False, training=False, dropout_seed=None):
     """Runs cell over padded inputs.
 
     inputs: [batch, max_time, D] ([max_time, batch, D] if time_major); sequence_length: [batch]
     valid steps per sequence (None: all). initial_state: list of [batch, size] (None: zeros).
+    dropout_seed: None, or a [2] integer tensor that keys the DropoutWrappers' masks when
+    training (stateless: the same seed, the same masks; e.g. (replica, optimizer step)).
     Returns (outputs [batch, max_time, units] (time-major if asked), zero at and past each
     length; final_state: list of [batch, size], the state after each sequence's last valid step,
     the initial state for a sequence of length 0).
     """
     inputs = tf.convert_to_tensor(inputs)
     x = inputs if time_major else tf.transpose(inputs, [1, 0, 2])
-    outputs, final_state = _rnn_time_major(cell, x, _lengths(sequence_length, tf.shape(x)[0]), initial_state, training)
+    lengths = _lengths(sequence_length, tf.shape(x)[0])
+    outputs, final_state = _rnn_time_major(cell, x, lengths, initial_state, training, dropout_seed)
     return (outputs if time_major else tf.transpose(outputs, [1, 0, 2])), final_state
 
 
-def static_rnn(cell, inputs, initial_state=None, sequence_length=None, training=False):
+def static_rnn(cell, inputs, initial_state=None, sequence_length=None, training=False, dropout_seed=None):
     """dynamic_rnn unrolled in Python: inputs a list of T tensors [B, D]; returns (list of T
     outputs [B, units], final_state), with the same masking as dynamic_rnn."""
     if not inputs:
         raise ValueError("static_rnn needs at least one time step")
     x = tf.stack(inputs)
     lengths = _lengths(sequence_length, len(inputs))
-    d = _direction(cell, x, initial_state, training)
+    d = _direction(cell, x, initial_state, training, dropout_seed)
     states, outputs = d.states, []
     for t, projected_t in enumerate(reversed(tf.unstack(d.projected, num=len(inputs)))):
         output, new_states = d.cell._step(d.weights, projected_t, states)
@@ -771,9 +843,18 @@ def static_rnn(cell, inputs, initial_state=None, sequence_length=None, training=
 
 
 def _stack_weights(cell, fw, bw):
-    """Two directions' step weights as one: matmul kernels a pair (see _recurrent_matmul), the
-    others (broadcast to [B, ...]) stacked to [2, B, ...]."""
-    return {key: (fw[key], bw[key]) if key in cell._MATMUL_WEIGHTS else tf.stack([fw[key], bw[key]]) for key in fw}
+    """Two directions' step weights as one: matmul kernels a pair (see _recurrent_matmul), or
+    stacked to [2, U, G] for one BatchMatMul in bfloat16 (BATCHED_MATMUL_DTYPES), the others
+    (broadcast to [B, ...]) stacked to [2, B, ...]."""
+    return {key: _pair(fw[key], bw[key]) if key in cell._MATMUL_WEIGHTS else tf.stack([fw[key], bw[key]]) for key in fw}
+
+
+def _pair(fw, bw):
+    if isinstance(fw, _FrozenKernel):
+        if fw.kernel.dtype not in BATCHED_MATMUL_DTYPES:
+            return (fw, bw)
+        return _FrozenKernel(tf.stack([fw.kernel, bw.kernel]), tf.stack([fw.transposed, bw.transposed]))
+    return tf.stack([fw, bw]) if fw.dtype in BATCHED_MATMUL_DTYPES else (fw, bw)
 
 
 def _stacked_mask(mask_fw, mask_bw):
@@ -813,12 +894,12 @@ def _run_pair(fw, bw, lengths, num_steps):
     return tuple(outputs), (final[:split], final[split:])
 
 
-def _bidirectional_time_major(cell_fw, cell_bw, inputs, lengths, initial_state_fw, initial_state_bw, training):
+def _bidirectional_time_major(cell_fw, cell_bw, inputs, lengths, initial_state_fw, initial_state_bw, training, dropout_seed):
     """bidirectional_dynamic_rnn on time-major inputs [T, B, D]."""
     time = tf.shape(inputs)[0]
     num_steps = _num_steps(time, lengths)
-    fw = _direction(cell_fw, inputs[:num_steps], initial_state_fw, training)
-    bw = _direction(cell_bw, _reverse(inputs, lengths)[:num_steps], initial_state_bw, training)
+    fw = _direction(cell_fw, inputs[:num_steps], initial_state_fw, training, dropout_seed)
+    bw = _direction(cell_bw, _reverse(inputs, lengths)[:num_steps], initial_state_bw, training, dropout_seed)
     run = _run_fused if fw.cell.fusion_key() == bw.cell.fusion_key() else _run_pair
     (out_fw, out_bw), final_states = run(fw, bw, lengths, num_steps)
     out_fw = _finish(fw, out_fw, time)
@@ -835,10 +916,12 @@ def bidirectional_dynamic_rnn(
     initial_state_bw=None,
     time_major=False,
     training=False,
+    dropout_seed=None,
 ):
     """Runs cell_fw forward and cell_bw backward over padded inputs, both in one loop.
 
-    inputs: [batch, max_time, D] ([max_time, batch, D] if time_major); sequence_length [batch].
+    inputs: [batch, max_time, D] ([max_time, batch, D] if time_major); sequence_length [batch];
+    dropout_seed as in dynamic_rnn.
     The backward direction reads each sequence reversed within its own length, so padding never
     enters it; its outputs come back in normal time order. Returns ((out_fw, out_bw) each
     [batch, max_time, units] (time-major if asked), zero at and past each length,
@@ -848,18 +931,21 @@ def bidirectional_dynamic_rnn(
     x = inputs if time_major else tf.transpose(inputs, [1, 0, 2])
     lengths = _lengths(sequence_length, tf.shape(x)[0])
     outputs, states = _bidirectional_time_major(
-        cell_fw, cell_bw, x, lengths, initial_state_fw, initial_state_bw, training
+        cell_fw, cell_bw, x, lengths, initial_state_fw, initial_state_bw, training, dropout_seed
     )
     if not time_major:
         outputs = tuple(tf.transpose(o, [1, 0, 2]) for o in outputs)
     return outputs, states
 
 
-def stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, inputs, sequence_length=None, time_major=False, training=False):
+def stack_bidirectional_dynamic_rnn(
+    cells_fw, cells_bw, inputs, sequence_length=None, time_major=False, training=False, dropout_seed=None
+):
     """Layers of bidirectional_dynamic_rnn: each layer's two directions, concatenated on the last
     axis, feed the next layer.
 
-    inputs: [batch, max_time, D] ([max_time, batch, D] if time_major); sequence_length [batch].
+    inputs: [batch, max_time, D] ([max_time, batch, D] if time_major); sequence_length [batch];
+    dropout_seed as in dynamic_rnn (each wrapper folds in its own seed).
     Returns (outputs [batch, max_time, units_fw + units_bw] of the last layer (time-major if asked),
     zero at and past each length; states_fw, states_bw: lists with each layer's final states).
     """
@@ -873,7 +959,7 @@ def stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, inputs, sequence_length=
     states_fw, states_bw = [], []
     for cell_fw, cell_bw in zip(cells_fw, cells_bw):
         (out_fw, out_bw), (state_fw, state_bw) = _bidirectional_time_major(
-            cell_fw, cell_bw, x, lengths, None, None, training
+            cell_fw, cell_bw, x, lengths, None, None, training, dropout_seed
         )
         x = tf.concat([out_fw, out_bw], axis=-1)
         states_fw.append(state_fw)

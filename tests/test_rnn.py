@@ -287,6 +287,38 @@ def test_input_dropout_is_applied_once_per_sequence():
     assert not np.allclose(outputs, rnn.dynamic_rnn(cell, x)[0])
 
 
+def test_a_dropout_seed_makes_the_masks_a_function_of_it():
+    """Stateless masks: a step run again with its seed (a resumed run) draws the same masks, in a
+    tf.function too, where the stateful draw gives new masks at every call."""
+    keep_prob, batch, units = 0.7, 32, 64
+    wrapped = rnn.DropoutWrapper(rnn.LSTMCell(units), 0.8, keep_prob, 0.9, seed=5)
+    x = tf.constant(np.random.default_rng(11).standard_normal((batch, 4, FEATURES)).astype(np.float32))
+
+    @tf.function
+    def run(seed):
+        return rnn.dynamic_rnn(wrapped, x, training=True, dropout_seed=seed)[0]
+
+    first, again, other = run(tf.constant([0, 7])), run(tf.constant([0, 7])), run(tf.constant([0, 8]))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first != 0, other != 0)
+    kept = first.numpy() != 0.0
+    assert abs(kept.mean() - keep_prob) < 0.03 and np.all(kept == kept[:, :1, :])
+    stateful = tf.function(lambda: rnn.dynamic_rnn(wrapped, x, training=True)[0])
+    assert not np.array_equal(stateful() != 0, stateful() != 0)
+    masks = wrapped.sample_masks(batch, FEATURES, True, tf.constant([0, 7]))
+    np.testing.assert_array_equal(masks.inputs, wrapped.sample_masks(batch, FEATURES, True, tf.constant([0, 7])).inputs)
+
+
+def test_wrappers_with_neighbouring_seeds_draw_unrelated_stateless_masks():
+    """The model seeds its wrappers seed, seed + 1, ...: the stateless keys fold in the wrapper's
+    seed and the mask's kind separately, so wrapper s's output mask is not wrapper s + 1's input mask."""
+    first = rnn.DropoutWrapper(rnn.LSTMCell(UNITS), 0.5, 0.5, seed=10)
+    second = rnn.DropoutWrapper(rnn.LSTMCell(UNITS), 0.5, 0.5, seed=11)
+    seed = tf.constant([0, 3])
+    a, b = first.sample_masks(64, UNITS, True, seed), second.sample_masks(64, UNITS, True, seed)
+    assert not np.array_equal(a.outputs, b.inputs) and not np.array_equal(a.inputs, b.inputs)
+
+
 def test_state_dropout_changes_the_carried_state():
     cell = rnn.LSTMCell(UNITS)
     wrapped = rnn.DropoutWrapper(cell, state_keep_prob=0.5, seed=4)
