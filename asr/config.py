@@ -15,6 +15,7 @@ from asr.errors import ConfigError
 from asr.io import read_text
 
 CELL_TYPES = ("lstm", "gru", "ln_lstm", "ln_gru")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # train.precision (Keras dtype policies)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     learning_rate: float = 1e-3  # peak Adam learning rate
     warmup_steps: int = 200  # linear warm-up from 0 to learning_rate
-    decay_steps: int = 0  # cosine decay to lr_floor over this many steps after warm-up (0 = constant)
+    decay_steps: int | str = 0  # cosine decay to lr_floor over this many steps after warm-up (0 = constant); "auto" = the rest of the run: epochs x steps per epoch - warmup_steps
     lr_floor: float = 0.05  # final learning rate as a fraction of the peak
     clip_norm: float = 5.0  # global gradient-norm clipping
     checkpoint_every: int = 500  # steps between checkpoints (and at every epoch's end)
@@ -110,13 +111,16 @@ class TrainConfig:
     seed: int = 1234  # weights, dropout and shuffling
     strategy: str = "default"  # "default", "mirrored" (several GPUs) or "multi_worker" (several machines)
     log_every: int = 20  # steps between TensorBoard scalars
+    precision: str = "float32"  # "float32"; "mixed_bfloat16" (matmuls in bf16, weights, optimizer, layer norm, softmax and CTC in float32; CPUs with avx512_bf16, GPUs); "mixed_float16" (GPUs; with dynamic loss scaling)
 
     def validate(self) -> None:
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "train.strategy", "default, mirrored or multi_worker")
+        _check(self.precision in PRECISIONS, "train.precision", " or ".join(PRECISIONS))
         for key in ("epochs", "checkpoint_every", "log_every"):
             _check(getattr(self, key) >= 1, f"train.{key}", "at least 1")
-        for key in ("max_steps", "warmup_steps", "decay_steps", "keep_epochs", "patience"):
+        for key in ("max_steps", "warmup_steps", "keep_epochs", "patience"):
             _check(getattr(self, key) >= 0, f"train.{key}", "a count >= 0")
+        _check(self.decay_steps == "auto" or (isinstance(self.decay_steps, int) and self.decay_steps >= 0), "train.decay_steps", "a count >= 0 or 'auto'")
         for key in ("learning_rate", "clip_norm"):
             _check(getattr(self, key) > 0, f"train.{key}", "a positive number")
         _check(0.0 <= self.lr_floor <= 1.0, "train.lr_floor", "a fraction of the peak learning rate in [0, 1]")
@@ -230,8 +234,13 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
-        return _coerce(value, hint, name)
+        members = [a for a in args if a is not type(None)]
+        for member in members[:-1]:  # the first member type that takes the value, e.g. int | str
+            try:
+                return _coerce(value, member, name)
+            except ConfigError:
+                pass
+        return _coerce(value, members[-1], name)
     if origin is tuple:
         if isinstance(value, (str, int, float)):
             value = [value]

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from asr import rnn
-from asr.config import ModelConfig
+from asr.config import PRECISIONS, ModelConfig
 
 CELLS = {
     "lstm": rnn.LSTMCell,
@@ -17,9 +17,10 @@ CELLS = {
 }
 
 
-def make_cell(cfg: ModelConfig, seed: int | None = None) -> keras.layers.Layer:
-    """One recurrent cell of the recipe's type, wrapped in dropout when a keep probability is < 1."""
-    cell = CELLS[cfg.cell](cfg.num_units)
+def make_cell(cfg: ModelConfig, seed: int | None = None, precision: str = "float32") -> keras.layers.Layer:
+    """One recurrent cell of the recipe's type, wrapped in dropout when a keep probability is < 1.
+    precision: a dtype policy of PRECISIONS (mixed: the cell's matmuls in bf16/f16, see asr.rnn)."""
+    cell = CELLS[cfg.cell](cfg.num_units, dtype=precision)
     if cfg.input_keep_prob < 1.0 or cfg.output_keep_prob < 1.0:
         cell = rnn.DropoutWrapper(
             cell, input_keep_prob=cfg.input_keep_prob, output_keep_prob=cfg.output_keep_prob, seed=seed
@@ -58,27 +59,37 @@ class AcousticModel(keras.Model):
 
     V is the vocabulary size including the CTC blank (index 0). T' = ceil(T / frame_stride);
     logits past an utterance's output length are zero and carry no meaning.
+
+    precision (train.precision): "float32", or a mixed policy under which the recurrent layers'
+    matmuls run in bfloat16/float16 while every weight stays float32 (so a model directory holds
+    float32 weights whatever the precision it was trained in, and loads as a float32 model). The
+    output projection and the logits stay float32 (about 1% of the FLOPs), so the softmax and the
+    CTC loss never see bf16 rounding.
     """
 
-    def __init__(self, cfg: ModelConfig, num_features: int, vocab_size: int, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, cfg: ModelConfig, num_features: int, vocab_size: int, seed: int = 0, precision: str = "float32", **kwargs):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        super().__init__(dtype="float32", **kwargs)
         self.cfg = cfg
         self.num_features = num_features
         self.vocab_size = vocab_size
-        self.cells_fw = [make_cell(cfg, seed + 2 * i) for i in range(cfg.num_layers)]
-        self.cells_bw = [make_cell(cfg, seed + 2 * i + 1) for i in range(cfg.num_layers)] if cfg.bidirectional else []
-        self.projection = keras.layers.Dense(vocab_size, name="projection")
+        self.precision = precision
+        self.cells_fw = [make_cell(cfg, seed + 2 * i, precision) for i in range(cfg.num_layers)]
+        self.cells_bw = [make_cell(cfg, seed + 2 * i + 1, precision) for i in range(cfg.num_layers)] if cfg.bidirectional else []
+        self.projection = keras.layers.Dense(vocab_size, name="projection", dtype="float32")
 
-    def call(self, features, feature_lengths, training=False):
+    def call(self, features, feature_lengths, training=False, dropout_seed=None):
+        """dropout_seed: None or a [2] integer tensor keying the dropout masks (asr.rnn.dynamic_rnn)."""
         x = stack_frames(features, feature_lengths, self.cfg.frame_stack, self.cfg.frame_stride)
         lengths = output_lengths(feature_lengths, self.cfg.frame_stride)
         if self.cfg.bidirectional:
             x, _, _ = rnn.stack_bidirectional_dynamic_rnn(
-                self.cells_fw, self.cells_bw, x, sequence_length=lengths, training=training
+                self.cells_fw, self.cells_bw, x, sequence_length=lengths, training=training, dropout_seed=dropout_seed
             )
         else:
             for cell in self.cells_fw:
-                x, _ = rnn.dynamic_rnn(cell, x, sequence_length=lengths, training=training)
+                x, _ = rnn.dynamic_rnn(cell, x, sequence_length=lengths, training=training, dropout_seed=dropout_seed)
         return self.projection(x), lengths
 
     def build_weights(self) -> None:

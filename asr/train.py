@@ -96,18 +96,21 @@ FILTER_HINTS = {  # what to change when filter_utterances drops every utterance 
 }
 
 
-def check_trainable(config: Config, train_utts, dev_utts, vocab: Vocabulary) -> None:
-    """DataError saying why, when the data filters (make_dataset's) leave nothing to train on or
-    no dev utterance to score, rather than training 0 steps and saving an untrained model."""
+def check_trainable(config: Config, train_utts, dev_utts, vocab: Vocabulary) -> int:
+    """The number of training batches in an epoch; DataError saying why, when the data filters
+    (make_dataset's) leave nothing to train on or no dev utterance to score, rather than training
+    0 steps and saving an untrained model."""
     fastest = max(config.augment.speeds) if config.augment.active else 1.0
     out_lengths = lambda frames: output_lengths(frames, config.model.frame_stride)  # noqa: E731
     kept, skipped = filter_utterances(train_utts, vocab, config.features, out_lengths, config.data.max_duration, fastest)
     if not kept:
         raise DataError(f"nothing to train on: {_why_filtered(len(train_utts), skipped)}")
+    steps_per_epoch = math.ceil(len(kept) / config.data.batch_size)  # as plan_batches cuts them
     if dev_utts:
         kept, skipped = filter_utterances(dev_utts, vocab, config.features, out_lengths)
         if not kept:
             raise DataError(f"no dev utterance can be scored: {_why_filtered(len(dev_utts), skipped)}")
+    return steps_per_epoch
 
 
 def _why_filtered(total: int, skipped) -> str:
@@ -169,14 +172,26 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def build_model(config: Config, vocab: Vocabulary) -> AcousticModel:
-    model = AcousticModel(config.model, config.features.num_features, vocab.size, seed=config.train.seed)
+    model = AcousticModel(config.model, config.features.num_features, vocab.size, seed=config.train.seed, precision=config.train.precision)
     model.build_weights()
     return model
 
 
-def make_optimizer(config: Config, model) -> keras.optimizers.Optimizer:
+def decay_steps(train_cfg, steps_per_epoch: int | None) -> int:
+    """train.decay_steps as a number: "auto" is the rest of the run after warm-up, epochs x
+    steps_per_epoch - warmup_steps (at least 0), so that changing epochs cannot leave it stale."""
+    if train_cfg.decay_steps != "auto":
+        return train_cfg.decay_steps
+    if steps_per_epoch is None:
+        raise ConfigError("train.decay_steps 'auto' needs the number of steps per epoch (known once the data is read)")
+    return max(train_cfg.epochs * steps_per_epoch - train_cfg.warmup_steps, 0)
+
+
+def make_optimizer(config: Config, model, steps_per_epoch: int | None = None) -> keras.optimizers.Optimizer:
+    """Adam on the warm-up + cosine schedule; its state is float32 whatever train.precision is
+    (the weights it updates are float32 under the mixed policies too)."""
     t = config.train
-    schedule = WarmupCosine(t.learning_rate, t.warmup_steps, t.decay_steps, t.lr_floor)
+    schedule = WarmupCosine(t.learning_rate, t.warmup_steps, decay_steps(t, steps_per_epoch), t.lr_floor)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)  # clipping: Steps, after the replica sum
     optimizer.build(model.trainable_variables)
     return optimizer
@@ -185,11 +200,34 @@ def make_optimizer(config: Config, model) -> keras.optimizers.Optimizer:
 # ----------------------------------------------------------------------------- steps
 
 
-def compute_loss(model, batch, training: bool):
-    """Per-utterance CTC loss [B] on true lengths, and the logits [B, T', V] with their lengths [B]."""
-    logits, lengths = model(batch["features"], batch["feature_lengths"], training=training)
+def compute_loss(model, batch, training: bool, dropout_seed=None):
+    """Per-utterance CTC loss [B] on true lengths, and the logits [B, T', V] with their lengths [B]
+    (float32 logits and loss in every precision). dropout_seed: see AcousticModel.call."""
+    logits, lengths = model(batch["features"], batch["feature_lengths"], training=training, dropout_seed=dropout_seed)
     losses = ctc.ctc_loss(batch["labels"], batch["label_lengths"], logits, lengths)
     return losses, logits, lengths
+
+
+@dataclasses.dataclass
+class LossScale:
+    """Dynamic loss scaling for float16 (the rule of keras.optimizers.LossScaleOptimizer): the
+    loss is multiplied by `scale` so that small gradients do not underflow float16, and the
+    gradients are divided by it again before clipping; a step whose gradients are not finite is
+    skipped and halves the scale, GROWTH_STEPS finite steps in a row double it. Kept here rather
+    than in a LossScaleOptimizer because Steps skips non-finite steps before the optimizer sees
+    them, and so that the scale is saved with the training state (exact resume)."""
+
+    scale: float = 2.0**15
+    finite_steps: int = 0  # finite steps since the scale last changed
+    GROWTH_STEPS = 2000
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.scale, self.finite_steps = max(self.scale / 2, 1.0), 0
+        elif self.finite_steps + 1 >= self.GROWTH_STEPS:
+            self.scale, self.finite_steps = self.scale * 2, 0
+        else:
+            self.finite_steps += 1
 
 
 class Steps:
@@ -198,28 +236,39 @@ class Steps:
     A step is split in two functions, gradients then update, so that a batch whose loss or
     gradients are not finite is skipped without touching the weights or the optimizer's state.
     Gradients are summed over replicas first and then clipped by their global norm, so that a
-    step on N devices is the same step as on one.
+    step on N devices is the same step as on one. loss_scale (float16 only): see LossScale.
+
+    Dropout masks are keyed by (replica, optimizer step) (AcousticModel's dropout_seed): the
+    optimizer's step counter is saved in every checkpoint, so a resumed run draws the masks the
+    uninterrupted run drew, and nothing else about the randomness needs saving.
     """
 
-    def __init__(self, model, optimizer, strategy, clip_norm: float):
+    def __init__(self, model, optimizer, strategy, clip_norm: float, loss_scale: LossScale | None = None):
         self.model, self.optimizer, self.strategy, self.clip_norm = model, optimizer, strategy, clip_norm
+        self.loss_scale = loss_scale
         self._grads = tf.function(self._grads_fn, reduce_retracing=True)
         self._apply = tf.function(self._apply_fn, reduce_retracing=True)
         self._eval = tf.function(self._eval_fn, reduce_retracing=True)
 
-    def _replica_grads(self, batch):
+    def _replica_grads(self, batch, scale):
         ctx = tf.distribute.get_replica_context()
         local = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
         global_batch = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+        dropout_seed = tf.stack([replica, tf.cast(self.optimizer.iterations, tf.int64)])
         with tf.GradientTape() as tape:
-            losses, _, _ = compute_loss(self.model, batch, training=True)
+            losses, _, _ = compute_loss(self.model, batch, training=True, dropout_seed=dropout_seed)
             loss = tf.reduce_sum(tf.where(tf.math.is_finite(losses), losses, 0.0)) / global_batch
+            if self.loss_scale is not None:
+                loss = loss * scale
         return tape.gradient(loss, self.model.trainable_variables), losses
 
-    def _grads_fn(self, batch):
-        """-> (gradients summed over replicas and clipped, per-replica losses [b], all finite?)."""
-        grads, losses = self.strategy.run(self._replica_grads, args=(batch,))
+    def _grads_fn(self, batch, scale):
+        """-> (gradients summed over replicas, unscaled and clipped, per-replica losses [b], all finite?)."""
+        grads, losses = self.strategy.run(self._replica_grads, args=(batch, scale))
         grads = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+        if self.loss_scale is not None:
+            grads = [g / scale for g in grads]
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
         all_losses = tf.concat(self.strategy.experimental_local_results(losses), axis=0)
@@ -240,8 +289,11 @@ class Steps:
 
     def train_step(self, batch) -> tuple[np.ndarray, bool]:
         """One update; returns the per-utterance losses and whether the batch was applied."""
-        grads, losses, finite = self._grads(batch)
+        scale = tf.constant(self.loss_scale.scale if self.loss_scale is not None else 1.0, tf.float32)
+        grads, losses, finite = self._grads(batch, scale)
         ok = bool(finite)
+        if self.loss_scale is not None:
+            self.loss_scale.update(ok)
         if ok:
             self._apply(grads)
         return np.concatenate(self._local(losses)), ok
@@ -297,6 +349,7 @@ class TrainState:
     input_wait_seconds: float = 0.0  # of which the training steps waited for the input pipeline
     history: list = dataclasses.field(default_factory=list)  # per-epoch dev results
     run_id: str = ""  # names the run in its checkpoints: pruning removes only the run's own
+    loss_scale: dict | None = None  # LossScale's fields (train.precision mixed_float16 only)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -347,19 +400,22 @@ class Trainer:
         keras.utils.set_random_seed(config.train.seed)
         self.vocab = Vocabulary(config.text.alphabet)
         self.train_utts, self.dev_utts = prepare_data(config, self.exp_dir)
-        check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
+        self.steps_per_epoch = check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
         with self._writing("the feature statistics"):
             self.stats = feature_stats(config, self.train_utts, self.exp_dir)
         self.strategy = make_strategy(config.train.strategy)
         with self.strategy.scope():
             self.model = build_model(config, self.vocab)
-            self.optimizer = make_optimizer(config, self.model)
-        self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm)
+            self.optimizer = make_optimizer(config, self.model, self.steps_per_epoch)
+        loss_scale = LossScale() if config.train.precision == "mixed_float16" else None
+        self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm, loss_scale)
         self.state = TrainState(run_id=new_run_id())
         if found is not None:
             path = found[0]
             self.state = TrainState.from_json(checkpoint.restore_checkpoint(path, self.model, self.optimizer))
             self.state.run_id = self.state.run_id or new_run_id()  # a checkpoint from before runs had ids
+            if loss_scale is not None and self.state.loss_scale:
+                self.steps.loss_scale = LossScale(**self.state.loss_scale)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path.name, self.state.step, self.state.epoch + 1, self.state.batch_in_epoch)
         self.writer = tf.summary.create_file_writer(str(self.exp_dir / "tensorboard"))
         self.dev_by_id = {u.id: u for u in self.dev_utts}
@@ -378,6 +434,8 @@ class Trainer:
             raise ExperimentError(f"could not write {what} in {self.exp_dir} ({exc.strerror or exc}); {safe}") from exc
 
     def save(self) -> None:
+        if self.steps.loss_scale is not None:
+            self.state.loss_scale = dataclasses.asdict(self.steps.loss_scale)
         with self._writing(f"checkpoint ckpt-{self.state.step:08d}"):
             checkpoint.save_checkpoint(
                 self.ckpt_root, self.model, self.optimizer, self.state.to_json(), self.config, self.vocab, self.stats
@@ -392,9 +450,11 @@ class Trainer:
         return (t.max_steps and self.state.step >= t.max_steps) or self.state.epoch >= t.epochs
 
     def run(self) -> dict:
+        t = self.config.train
         log.info(
-            "model: %s, %d parameters; %d training and %d dev utterances",
-            self.config.model.cell, self.model.num_parameters(), len(self.train_utts), len(self.dev_utts),
+            "model: %s, %d parameters, %s; %d training and %d dev utterances, %d steps an epoch; learning rate decays over %d steps after %d of warm-up",
+            self.config.model.cell, self.model.num_parameters(), t.precision, len(self.train_utts), len(self.dev_utts),
+            self.steps_per_epoch, decay_steps(t, self.steps_per_epoch), t.warmup_steps,
         )
         while not self.done():
             stopped_early = self.train_one_epoch()
@@ -443,7 +503,10 @@ class Trainer:
         else:
             self.state.skipped_batches += 1
             bad = [i for i, x in zip(batch_ids(self.strategy, batch), losses) if not math.isfinite(x)]
-            log.warning("skipped a batch with a non-finite loss or gradient (utterances: %s)", ", ".join(bad) or "gradient only")
+            if not bad and self.steps.loss_scale is not None:  # float16 overflow: expected while the scale settles
+                log.info("float16 gradients overflowed: batch skipped, loss scale lowered to %g", self.steps.loss_scale.scale)
+            else:
+                log.warning("skipped a batch with a non-finite loss or gradient (utterances: %s)", ", ".join(bad) or "gradient only")
         lr = float(self.optimizer.learning_rate)
         bar.set_postfix(loss=f"{np.nanmean(np.where(np.isfinite(losses), losses, np.nan)):.2f}", lr=f"{lr:.1e}", step=self.state.step)
         bar.update(1)

@@ -1,5 +1,6 @@
 """End to end on real speech: overfit two utterances, CLI train/resume/transcribe/evaluate, MirroredStrategy."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -207,3 +208,68 @@ def test_dev_score_ranks_the_ctc_plateau_by_cer():
     assert dev_score(record(0.99, 0.45)) < dev_score(record(1.0, 0.30))
     assert dev_score(record(0.80, 0.33)) < dev_score(record(0.82, 0.32))
     assert dev_score(record(0.80, 0.33, 90.0)) < dev_score(record(0.80, 0.33, float("nan"))) < dev_score(None)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, librispeech_root, monkeypatch, precision):
+    """With dropout and augmentation on: train 7 steps at once, or 3 steps, then a fresh Trainer
+    resumed from the step-3 checkpoint (as after kill -9) trains to 7 (mid-epoch, across epoch ends
+    and dev evaluations). The weights and the optimizer state are bit for bit equal: every random
+    draw is a function of (seed, step) (dropout) or (seed, epoch, batch) (augmentation, shuffling).
+    mixed_float16 also carries its loss scale (checkpointed in state.json)."""
+    from asr.config import load_recipe
+    from asr.train import Trainer
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    folder = recipe(
+        tmp_path, librispeech_root, list(UTTERANCES),
+        model={"num_units": 16, "num_layers": 2, "input_keep_prob": 0.8, "output_keep_prob": 0.7},
+        train={"checkpoint_every": 100, "precision": precision},
+    )
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "augment:\n  speeds: [0.9, 1.0, 1.1]\n  freq_masks: 1\n  freq_mask_bands: 5\n  time_masks: 1\n  time_mask_frames: 10\n")
+
+    def train(exp, steps, resume=False):
+        trainer = Trainer(load_recipe(folder, [f"train.max_steps={steps}"]), tmp_path / exp, resume=resume)
+        trainer.run()
+        return trainer
+
+    whole = train("whole", 7)
+    train("parts", 3)
+    resumed = train("parts", 7, resume=True)
+    assert whole.state.step == resumed.state.step == 7 and whole.state.epoch == resumed.state.epoch >= 3
+    for a, b in zip(whole.model.weights + whole.optimizer.variables, resumed.model.weights + resumed.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert whole.state.history == [dict(r, minutes=w["minutes"], input_wait=w["input_wait"]) for r, w in zip(resumed.state.history, whole.state.history)]
+    if precision == "mixed_float16":
+        assert whole.state.loss_scale == resumed.state.loss_scale and whole.state.loss_scale["scale"] > 0
+    else:
+        assert whole.state.loss_scale is None
+
+
+def test_decay_steps_auto_is_the_rest_of_the_run_after_warm_up():
+    from asr.errors import ConfigError
+    from asr.train import decay_steps
+
+    train = from_dict({"train": {"decay_steps": "auto", "epochs": 42, "warmup_steps": 100}}).train
+    assert decay_steps(train, 56) == 42 * 56 - 100 == 2252
+    assert decay_steps(dataclasses.replace(train, epochs=30), 56) == 1580  # follows epochs
+    assert decay_steps(dataclasses.replace(train, warmup_steps=10_000), 56) == 0
+    assert decay_steps(from_dict({"train": {"decay_steps": 2252}}).train, None) == 2252
+    with pytest.raises(ConfigError, match="steps per epoch"):
+        decay_steps(train, None)
+    for bad in ("soon", -1, 1.5, True):
+        with pytest.raises(ConfigError, match="train.decay_steps"):
+            from_dict({"train": {"decay_steps": bad}})
+
+
+def test_the_recipe_decay_steps_auto_gives_the_value_it_replaced(tmp_path, librispeech_root):
+    """recipes/librispeech_small said decay_steps: 2252 (42 epochs of 56 steps - 100 of warm-up)."""
+    from asr.config import load_recipe
+    from asr.text import Vocabulary
+    from asr.train import check_trainable, decay_steps, prepare_data
+
+    config = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "librispeech_small", [f"data.data_dir={librispeech_root}"])
+    assert config.train.decay_steps == "auto"
+    train_utts, dev_utts = prepare_data(config, tmp_path)
+    steps_per_epoch = check_trainable(config, train_utts, dev_utts, Vocabulary(config.text.alphabet))
+    assert (steps_per_epoch, decay_steps(config.train, steps_per_epoch)) == (56, 2252)
