@@ -273,3 +273,27 @@ def test_the_recipe_decay_steps_auto_gives_the_value_it_replaced(tmp_path, libri
     train_utts, dev_utts = prepare_data(config, tmp_path)
     steps_per_epoch = check_trainable(config, train_utts, dev_utts, Vocabulary(config.text.alphabet))
     assert (steps_per_epoch, decay_steps(config.train, steps_per_epoch)) == (56, 2252)
+
+
+def test_dropout_masks_follow_the_optimizer_step():
+    """Steps keys the dropout masks by the optimizer's step counter (a variable, read when the
+    step runs): the same step gives the same masks, another step other masks."""
+    import tensorflow as tf
+
+    from asr.text import Vocabulary
+    from asr.train import Steps, build_model, make_optimizer
+
+    config = from_dict({"model": {"num_layers": 1, "num_units": 8, "input_keep_prob": 0.5, "output_keep_prob": 0.5}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
+    model = build_model(config, Vocabulary(config.text.alphabet))
+    optimizer = make_optimizer(config, model)
+    steps = Steps(model, optimizer, tf.distribute.get_strategy(), clip_norm=5.0)
+    rng = np.random.default_rng(0)
+    batch = {"features": tf.constant(rng.standard_normal((2, 20, 5)), tf.float32), "feature_lengths": tf.constant([20, 15]),
+             "labels": tf.constant([[1, 2, 3], [4, 5, 0]]), "label_lengths": tf.constant([3, 2])}
+    scale = tf.constant(1.0)
+    first, again = (steps._grads(batch, scale)[1].numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    optimizer.iterations.assign(5)
+    assert not np.allclose(steps._grads(batch, scale)[1].numpy(), first)
+    optimizer.iterations.assign(0)
+    np.testing.assert_array_equal(steps._grads(batch, scale)[1].numpy(), first)
