@@ -10,6 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from asr.config import MAX_BEAM_WIDTH  # light (no TensorFlow): the CLI parses before TensorFlow loads
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage mistake on one line: what is wrong and where the usage is (its
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _decoding_arguments(p) -> None:
-    p.add_argument("--beam-width", type=_positive_int, default=None,
+    p.add_argument("--beam-width", type=_beam_width, default=None,
                    help="beam width (1 = greedy without LM; default: the LM's tuned beam, else the model's)")
     p.add_argument("--lm", dest="lm_dir", help="an LM directory (asr lm build): decode words with it")
     p.add_argument("--lm-weight", type=_finite_float, default=None, help="LM weight alpha (default: the LM's tuned value)")
@@ -75,15 +77,15 @@ def _lm_parsers(p) -> None:
     t.add_argument("model_dir")
     t.add_argument("manifest", help="the dev manifest (JSONL) to tune on")
     t.add_argument("--lm", dest="lm_dir", required=True, help="the LM directory; the best settings are written into it")
-    t.add_argument("--beam-width", type=_positive_int, default=None, help="beam width (default: the LM decoder's default beam)")
+    t.add_argument("--beam-width", type=_beam_width, default=None, help="beam width (default: the LM decoder's default beam)")
     t.add_argument("--lexicon-free", dest="lexicon", action="store_const", const=False, default=None,
                    help="tune lexicon-free decoding (default: lexicon)")
     t.add_argument("--lm-weights", type=_finite_float, nargs="+", default=None, metavar="ALPHA", help="grid of LM weights")
     t.add_argument("--word-scores", type=_finite_float, nargs="+", default=None, metavar="BETA", help="grid of word scores")
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: a whole number >= minimum, else a one-line usage error."""
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum], else a one-line usage error."""
 
     def parse(text: str) -> int:
         try:
@@ -92,12 +94,14 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value}: expected {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value}: expected at most {maximum}")
         return value
 
     return parse
 
 
-_positive_int, _count = _int_at_least(1), _int_at_least(0)
+_positive_int, _count, _beam_width = _int_at_least(1), _int_at_least(0), _int_at_least(1, MAX_BEAM_WIDTH)
 
 
 def _existing_dir(text: str) -> Path:

@@ -150,12 +150,15 @@ class AugmentConfig:
         _check(0.0 <= self.time_mask_max_fraction <= 1.0, "augment.time_mask_max_fraction", "a fraction in [0, 1]")
 
 
+MAX_BEAM_WIDTH = 4096  # beams; far past where WER stops improving: a bound so that a typo cannot exhaust memory
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     beam_width: int = 1  # 1 = greedy; more = CTC prefix beam search
 
     def validate(self) -> None:
-        _check(self.beam_width >= 1, "decode.beam_width", "1 (greedy) or more")
+        _check(1 <= self.beam_width <= MAX_BEAM_WIDTH, "decode.beam_width", f"1 (greedy) to {MAX_BEAM_WIDTH}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from asr import ctc
+from asr.config import MAX_BEAM_WIDTH
 from asr.errors import ConfigError, DataError
 from asr.io import atomic_write_text, check_output_dir, read_text
 from asr.lm import ARPA_FILE, INFO_FILE, TUNED_FILE, WORDS_FILE, outside_alphabet
@@ -46,8 +47,8 @@ class DecodeOptions:
     lexicon: bool | None = None  # True: words only from the LM's word list; False: out-of-vocabulary words may come out
 
     def validate(self) -> None:
-        if self.beam_width is not None and self.beam_width < 1:
-            raise ConfigError(f"beam width {self.beam_width}: expected 1 (greedy) or more")
+        if self.beam_width is not None and not 1 <= self.beam_width <= MAX_BEAM_WIDTH:
+            raise ConfigError(f"beam width {self.beam_width}: expected 1 (greedy) to {MAX_BEAM_WIDTH}")
         for name in ("lm_weight", "word_score"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -111,7 +112,7 @@ def _check_tuned(path: Path, tuned: dict) -> dict:
     """decoding.json's settings, each checked: a bad one is a DataError naming the file."""
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     checks = {
-        "beam_width": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "beam_width": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_BEAM_WIDTH,
         "lm_weight": number,
         "word_score": number,
         "lexicon": lambda v: isinstance(v, bool),

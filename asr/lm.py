@@ -29,6 +29,7 @@ INFO_FILE = "lm.json"  # ... and how it was built
 TUNED_FILE = "decoding.json"  # ... and, once asr lm tune ran, the best decoding settings found on a dev set
 LM_DIR_FILES = (ARPA_FILE, WORDS_FILE, INFO_FILE, TUNED_FILE)
 LEXICON_EXAMPLES = 10  # words outside the alphabet quoted in lm.json
+MAX_ORDER = 6  # KenLM's default KENLM_MAX_ORDER, that of the kenlm the decoder loads LMs with
 DEFAULT_PRUNE = (0, 1)  # build_lm's lmplz --prune: n-grams of order 2 and above seen once are dropped
 _SENTENCE_BREAK = re.compile(r"[.!?;:]|\n\s*\n")  # sentence punctuation or a blank line
 _BOS_LOG10_PROB = 0.0  # what lmplz writes as log10 P(<s>) (<s> is never predicted)
@@ -494,6 +495,8 @@ def build_lm(out_dir: str | Path, text_paths, order: int = 3, prune: Sequence[in
     started = time.time()
     out_dir = Path(out_dir)
     check_replaceable_dir(out_dir, "LM directory to write", LM_DIR_FILES)
+    if not 1 <= order <= MAX_ORDER:
+        raise ConfigError(f"--order {order}: expected 1 to {MAX_ORDER} (KenLM, which decodes with the LM, loads at most {MAX_ORDER}-grams)")
     thresholds = prune_thresholds(order, DEFAULT_PRUNE[:order] if prune is None else prune)
     files = find_text_files(text_paths)
     lm = estimate(count_ngrams(read_corpus(files), order), thresholds)
