@@ -67,9 +67,11 @@ def flashlight_decoder(recognizer: Recognizer, lm: LanguageModel, beam: int, lm_
     return decode_one
 
 
-def report(name: str, refs: list[str], hyps: list[str], seconds: float, audio: float) -> None:
+def report(name: str, refs: list[str], hyps: list[str], seconds: float, audio: float) -> float:
+    """Prints one decoder's line and returns its decoding seconds."""
     rates = error_rates(refs, hyps)
     print(f"{name:<48} WER {100 * rates['wer']:6.2f}%  CER {100 * rates['cer']:6.2f}%  RTF {seconds / audio:.4f}", flush=True)
+    return seconds
 
 
 def main() -> None:
@@ -88,15 +90,18 @@ def main() -> None:
         report(name, refs, *timed_decode(Decoder(recognizer.vocab, resolve(options, 1)).decode_one, posteriors), audio)
     lm = LanguageModel.load(args.lm)
     for beam in args.beams:
+        ours = {}
         for lexicon in (True, False):
             decoder = Decoder(recognizer.vocab, resolve(DecodeOptions(beam_width=beam, lm_dir=args.lm, lexicon=lexicon), 1))
             s = decoder.settings
             name = f"ctc-beam-decoder beam {beam} {'lexicon' if lexicon else 'lexicon-free'} a={s.lm_weight:g} b={s.word_score:g}"
-            report(name, refs, *timed_decode(decoder.decode_one, posteriors), audio)
+            ours[lexicon] = report(name, refs, *timed_decode(decoder.decode_one, posteriors), audio)
         try:
-            for alpha, beta in FLASHLIGHT_GRID:
-                decode_one = flashlight_decoder(recognizer, lm, beam, alpha, beta)
-                report(f"flashlight-text beam {beam} lexicon a={alpha:g} b={beta:g}", refs, *timed_decode(decode_one, posteriors), audio)
+            theirs = [report(f"flashlight-text beam {beam} lexicon a={alpha:g} b={beta:g}", refs,
+                             *timed_decode(flashlight_decoder(recognizer, lm, beam, alpha, beta), posteriors), audio)
+                      for alpha, beta in FLASHLIGHT_GRID]
+            print(f"beam {beam}: lexicon decoding time, ctc-beam-decoder / flashlight-text (median of its grid): "
+                  f"{ours[True] / float(np.median(theirs)):.2f}")
         except ImportError:
             print("flashlight-text is not installed (pip install -e '.[bench]'): no comparison")
 
