@@ -1,5 +1,6 @@
 """data_scripts: LibriSpeech and FSDD manifests, resumable verified downloads, staged extraction."""
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -137,3 +138,62 @@ def test_extract_once(tmp_path):
     (tmp_path / "out" / "data" / "x.txt").unlink()
     dl.extract(archive, tmp_path / "out", marker)  # done already: not extracted again
     assert not (tmp_path / "out" / "data" / "x.txt").exists()
+
+
+UPPER_ARPA = """\\data\\
+ngram 1=5
+ngram 2=2
+
+\\1-grams:
+-1.0\t<unk>\t0
+0\t<s>\t-0.30103
+-1.0\t</s>\t0
+-0.69897\tTHE\t-0.30103
+-1.2E+00\tCAT'S\t-0.30103
+
+\\2-grams:
+-0.1\t<s> THE
+-0.2\tTHE CAT'S
+
+\\end\\
+"""
+
+
+class FilesHandler(RangeHandler):
+    """Serves the files of FILES by name (with Range), 404 for anything else."""
+
+    files: dict[str, bytes] = {}
+
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        if name not in self.files:
+            self.send_error(404)
+            return
+        RangeHandler.payload = self.files[name]
+        super().do_GET()
+
+
+def test_librispeech_lm_becomes_an_lm_directory(tmp_path):
+    """OpenSLR 11's layout served locally: downloaded, verified, lower-cased, loadable by the decoder."""
+    from asr.decode import DecodeOptions, Decoder, LanguageModel, resolve
+    from asr.text import Vocabulary
+    from data_scripts.librispeech_lm import LMS, VOCAB, fetch_librispeech_lm
+
+    arpa_name, vocab_name = LMS["3-gram.pruned.1e-7"][0], VOCAB[0]
+    FilesHandler.files = {arpa_name: gzip.compress(UPPER_ARPA.encode()), vocab_name: b"THE\nCAT'S\n"}
+    md5s = {name: hashlib.md5(data).hexdigest() for name, data in FilesHandler.files.items()}
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), FilesHandler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_port}/resources/11"
+    try:
+        with pytest.raises(DataError, match="checksum mismatch"):
+            fetch_librispeech_lm(tmp_path / "bad", base_url=base, checksums={arpa_name: "0" * 32, vocab_name: md5s[vocab_name]})
+        assert not (tmp_path / "bad").exists()
+        out = fetch_librispeech_lm(tmp_path / "lm", base_url=base, checksums=md5s)
+    finally:
+        httpd.shutdown()
+    lm = LanguageModel.load(out)
+    assert lm.words == ("the", "cat's") and lm.info["ngrams"] == {"1": 5, "2": 2}
+    assert "-0.2\tthe cat's" in (out / "lm.arpa").read_text() and "-1.2e+00\tcat's" in (out / "lm.arpa").read_text()
+    Decoder(Vocabulary(), resolve(DecodeOptions(lm_dir=str(out)), 1))  # KenLM loads it
+    assert fetch_librispeech_lm(tmp_path / "lm", base_url="http://127.0.0.1:9/unreachable", checksums=md5s) == out  # done: no download
