@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -13,6 +15,7 @@ from asr.errors import AudioError
 
 SAMPLE_RATE = 16000  # Hz; the rate every file is resampled to before feature extraction
 RESAMPLE_QUALITY = "HQ"  # soxr quality preset: band-limited, linear phase, ~ -140 dB stopband
+READ_BLOCK_SECONDS = 10.0  # seconds of audio stream_audio decodes at a time
 _ERROR_PREFIX = re.compile(r"^Error opening .*?: |^Error : ")  # libsndfile repeats the path; the message names it once
 
 
@@ -21,18 +24,45 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
     Returns float32 [samples] in [-1, 1] at `sample_rate` Hz: channels are averaged, and a file
     at another rate is resampled with soxr. Raises AudioError (one line naming the file) for a
-    missing, unreadable, truncated, empty or non-audio file.
+    missing, unreadable, truncated, empty or non-audio file. The whole file at once: the blocks
+    of stream_audio joined (the same samples, bit for bit).
+    """
+    blocks = list(stream_audio(path, sample_rate))
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, block_seconds: float = READ_BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Reads an audio file block by block, so that a long recording never sits in memory whole.
+
+    Yields float32 [samples] mono blocks at `sample_rate` Hz (about block_seconds each; the last
+    may be shorter) whose concatenation is what load_audio returns: channels averaged, resampled
+    by one soxr stream, which gives the same samples as resampling the whole file. Raises
+    AudioError (one line naming the file) as load_audio does: before the first block for a file
+    that cannot be opened or holds no samples, at the point of damage for a truncated one.
     """
     path = Path(path)
-    audio, file_rate = _read(path)
-    if audio.shape[0] == 0:
-        raise AudioError(f"{path}: the audio file holds no samples (empty or truncated); remove or re-export it")
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(f"{path}: the audio holds NaN or infinite samples; re-export the file")
-    mono = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
-    if file_rate != sample_rate:
-        mono = soxr.resample(mono, file_rate, sample_rate, quality=RESAMPLE_QUALITY)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file; check the path (manifests resolve relative paths against their folder)")
+    with _unreadable_is_audio_error(path), sf.SoundFile(path) as f:
+        expected, file_rate = f.frames, f.samplerate
+        # FLAC and OGG decoders fail on a file cut short, but libsndfile quietly shrinks a WAV's
+        # frame count to what is there, so the WAV header's data size is checked against the file's size.
+        if f.format in ("WAV", "WAVEX") and _wav_missing_bytes(path) > 0:
+            raise _truncated(path)
+        resampler = None if file_rate == sample_rate else soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        read = 0
+        for block in f.blocks(blocksize=max(1, int(block_seconds * file_rate)), dtype="float32", always_2d=True):
+            if not np.all(np.isfinite(block)):
+                raise AudioError(f"{path}: the audio holds NaN or infinite samples; re-export the file")
+            read += block.shape[0]
+            mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+            yield mono if resampler is None else resampler.resample_chunk(mono)
+        if read == 0:
+            raise AudioError(f"{path}: the audio file holds no samples (empty or truncated); remove or re-export it")
+        if read < expected:
+            raise _truncated(path)
+        if resampler is not None:  # the resampler's delay line: the last few samples
+            yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def change_speed(audio: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -47,25 +77,18 @@ def change_speed(audio: np.ndarray, factor: float, sample_rate: int = SAMPLE_RAT
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _read(path: Path) -> tuple[np.ndarray, int]:
-    """Decodes the whole file: float32 [samples, channels] and its sample rate (Hz)."""
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file; check the path (manifests resolve relative paths against their folder)")
+@contextlib.contextmanager
+def _unreadable_is_audio_error(path: Path):
+    """libsndfile's errors on opening or decoding path, as one-line AudioErrors naming it."""
     try:
-        with sf.SoundFile(path) as f:
-            expected = f.frames
-            audio = f.read(dtype="float32", always_2d=True)
-            file_rate = f.samplerate
-            is_wav = f.format in ("WAV", "WAVEX")
+        yield
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         reason = _ERROR_PREFIX.sub("", str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         raise AudioError(f"{path}: not a readable audio file (WAV, FLAC or OGG expected): {reason}") from None
-    # FLAC and OGG decoders fail on a file cut short, but libsndfile quietly shrinks a WAV's frame
-    # count to what is there, so the WAV header's data size is checked against the file's size.
-    missing = _wav_missing_bytes(path) if is_wav else 0
-    if audio.shape[0] < expected or missing > 0:
-        raise AudioError(f"{path}: truncated audio file (its header promises more samples than it holds); re-download or re-export it")
-    return audio, file_rate
+
+
+def _truncated(path: Path) -> AudioError:
+    return AudioError(f"{path}: truncated audio file (its header promises more samples than it holds); re-download or re-export it")
 
 
 def _wav_missing_bytes(path: Path) -> int:
