@@ -1,4 +1,4 @@
-"""CTC loss and decoders (greedy, prefix beam search) over batch-major logits with blank = 0."""
+"""CTC loss, decoders (greedy, prefix beam search) over batch-major logits with blank = 0, and forced alignment."""
 
 from __future__ import annotations
 
@@ -256,3 +256,95 @@ def sequence_log_probs(log_probs: np.ndarray, hypotheses: list[list[int]], blank
     final = alpha[rows, sizes - 1] + np.where(sizes > 1, alpha[rows, sizes - 2], 0.0)
     with np.errstate(divide="ignore"):
         return np.log(final) + np.log(scales).sum(axis=0)
+
+
+# --- forced alignment ------------------------------------------------------------------------------
+
+
+def forced_align(log_probs: np.ndarray, labels, blank: int = BLANK) -> np.ndarray:
+    """The most probable CTC alignment (Viterbi path) of a label sequence with an utterance's frames.
+
+    log_probs: [T, V] log-softmax of one utterance's valid frames; labels: [L] ids, no blank.
+    Returns int64 [T]: for each frame, the position (0 .. L-1) in labels of the label the frame
+    emits, or -1 where it emits a blank. Every label gets at least one frame, in order, and a label
+    equal to the one before it is separated from it by a blank frame. The search runs over the
+    2L+1 states (blank, label 1, blank, ..., label L, blank) as in sequence_log_probs, with max in
+    place of sum; ties go to the earliest state change. Raises ValueError when the labels cannot
+    fit in the frames (L plus adjacent repeats > T).
+    """
+    log_probs = np.asarray(log_probs, np.float64)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    num_frames, num_labels = len(log_probs), len(labels)
+    needed = num_labels + int(np.sum(labels[1:] == labels[:-1]))
+    if needed > num_frames:
+        raise ValueError(f"{num_labels} labels need at least {needed} frames, got {num_frames}")
+    if num_labels == 0:
+        return np.full(num_frames, -1, np.int64)
+    states = np.full(2 * num_labels + 1, blank, np.int64)
+    states[1::2] = labels
+    skip = np.zeros(len(states), bool)  # a label state may come straight from the label before it ...
+    skip[3::2] = labels[1:] != labels[:-1]  # ... unless it repeats it (then a blank must come between)
+    moves, final = _viterbi(log_probs[:, states], skip)
+    # It ends on the final blank or on the last label.
+    state = len(states) - 1 if final[-1] >= final[-2] else len(states) - 2
+    if not np.isfinite(final[state]):
+        raise ValueError("no alignment of the labels with these frames has a nonzero probability")
+    path = np.empty(num_frames, np.int64)
+    for t in range(num_frames - 1, -1, -1):
+        path[t] = state
+        state -= int(moves[t, state])
+    return np.where(path % 2 == 1, (path - 1) // 2, -1)
+
+
+def _viterbi(emissions: np.ndarray, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best-path recursion over CTC states. emissions: [T, S] log-probabilities of each state's
+    label at each frame; skip: [S], where a state may be entered from two states back. Returns the
+    back pointers [T, S] int8 (0: stayed, 1: came from the state before, 2: skipped a blank) and
+    the best log-probability [S] of ending in each state."""
+    num_frames, num_states = emissions.shape
+    moves = np.zeros((num_frames, num_states), np.int8)
+    score = np.full(num_states, -np.inf)
+    score[:2] = emissions[0, :2]  # an alignment starts on the first blank or the first label
+    from_before = np.full(num_states, -np.inf)
+    from_skip = np.full(num_states, -np.inf)
+    for t in range(1, num_frames):
+        from_before[1:] = score[:-1]
+        from_skip[2:] = np.where(skip[2:], score[:-2], -np.inf)
+        best = score.copy()
+        for move, candidate in ((1, from_before), (2, from_skip)):
+            better = candidate > best
+            best[better] = candidate[better]
+            moves[t, better] = move
+        score = best + emissions[t]
+    return moves, score
+
+
+def align_words(log_probs: np.ndarray, labels, separator: int, blank: int = BLANK) -> list[tuple[int, int, int, int, float]]:
+    """Words of a decoded label sequence with their frames, from its forced alignment.
+
+    log_probs: [T, V] log-softmax of one utterance's valid frames; labels: [L] ids of the text;
+    words are the runs of labels between separator labels (the space). Returns per word, in
+    order, (first label, end label (exclusive), first frame, last frame, confidence): the frames
+    run from the first frame of its first character to the last frame of its last one, and the
+    confidence is the mean posterior of its characters over the frames aligned to them.
+    """
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    positions = forced_align(log_probs, labels, blank)
+    frames = np.flatnonzero(positions >= 0)  # the frames that emit a label, in label order
+    owner = positions[frames]
+    posterior = np.exp(np.asarray(log_probs, np.float64)[frames, labels[owner]])
+    first_frame = np.full(len(labels), -1)
+    first_frame[owner[::-1]] = frames[::-1]  # written last to first: each label keeps its first frame
+    last_frame = np.full(len(labels), -1)
+    last_frame[owner] = frames
+    words = []
+    for start, end in _runs(labels != separator):
+        mine = (owner >= start) & (owner < end)
+        words.append((start, end, int(first_frame[start]), int(last_frame[end - 1]), float(posterior[mine].mean())))
+    return words
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a boolean [N]."""
+    edges = np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
