@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import librosa
 import numpy as np
 import scipy.fft
 import scipy.ndimage
@@ -70,11 +69,57 @@ def _analysis(cfg: FeatureConfig) -> _Analysis:
     cfg.validate()
     win = int(round(cfg.sample_rate * cfg.win_ms / 1000.0))
     n_fft = 1 << (win - 1).bit_length()
-    window = librosa.util.pad_center(librosa.filters.get_window("hann", win, fftbins=True), size=n_fft)
-    mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, dtype=np.float32)
+    left = (n_fft - win) // 2  # the window centred in the FFT frame, as librosa.util.pad_center
+    window = np.pad(scipy.signal.get_window("hann", win, fftbins=True), (left, n_fft - win - left))
+    mel = mel_filterbank(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     dct = scipy.fft.dct(np.eye(cfg.n_mels), axis=0, type=2, norm="ortho")[: cfg.n_mfcc].astype(np.float32)
     kernels = tuple(scipy.signal.savgol_coeffs(DELTA_WIDTH, order, deriv=order).astype(np.float32) for order in (1, 2))
     return _Analysis(hop_samples(cfg), n_fft, window.astype(np.float32), scipy.sparse.csr_array(mel), dct, kernels)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    """float32 [n_mels, n_fft // 2 + 1]: triangular filters on the Slaney mel scale, area-normalized.
+
+    librosa.filters.mel(htk=False, norm="slaney", dtype=float32) number for number (the same
+    operations in the same order; tests/test_features.py checks every bit), without importing
+    librosa: its numba start-up took about 1 s of every `asr transcribe`.
+    """
+    fmax = float(sample_rate) / 2 if fmax is None else fmax
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))  # band edges and centres, Hz
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]  # about equal energy per band
+    return weights
+
+
+# The Slaney mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_MEL_F_SP = 200.0 / 3  # Hz per mel in the linear part
+_MEL_MIN_LOG_HZ = 1000.0  # Hz where the logarithmic part begins
+_MEL_MIN_LOG_MEL = _MEL_MIN_LOG_HZ / _MEL_F_SP
+_MEL_LOG_STEP = np.log(6.4) / 27.0  # log(Hz) per mel in the logarithmic part
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz >= _MEL_MIN_LOG_HZ:
+        return _MEL_MIN_LOG_MEL + np.log(hz / _MEL_MIN_LOG_HZ) / _MEL_LOG_STEP
+    return (hz - 0.0) / _MEL_F_SP
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = 0.0 + _MEL_F_SP * mels
+    log_part = mels >= _MEL_MIN_LOG_MEL
+    hz[log_part] = _MEL_MIN_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[log_part] - _MEL_MIN_LOG_MEL))
+    return hz
+
+
+def analysis(cfg: FeatureConfig) -> _Analysis:
+    """The config's analysis constants (hop, FFT size, window, mel filterbank, DCT, delta kernels),
+    built once; asr.export's TensorFlow front end computes with these very arrays."""
+    return _analysis(cfg)
 
 
 def mel_to_mfcc_matrix(cfg: FeatureConfig) -> np.ndarray:
