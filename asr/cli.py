@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,average,lm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,export,average,lm}")
 
     p = sub.add_parser("train", help="train the model of a recipe (a folder with config.yaml)")
     p.add_argument("recipe_dir", help="recipe folder, e.g. recipes/librispeech_small or recipes/mnist")
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("average", help="average the weights of several models of one recipe (e.g. its last epochs)")
     p.add_argument("out_dir", help="the model directory to write")
     p.add_argument("model_dirs", nargs="+", help="model or checkpoint directories, e.g. exp/librispeech_small/epochs/epoch-*")
+
+    p = sub.add_parser("export", help="write a model that runs without asr: a TensorFlow SavedModel or a TFLite model")
+    p.add_argument("model_dir")
+    p.add_argument("out", help="the folder to write: the SavedModel, or model.tflite; with asr_export.json (front end, vocabulary)")
+    p.add_argument("--format", choices=("saved_model", "tflite"), default="saved_model",
+                   help="saved_model (default): features or a 16 kHz waveform in; tflite: features in, batch 1, builtin ops only")
 
     _lm_parsers(sub.add_parser("lm", help="word n-gram language models: build from text, tune for a model"))
     return parser
@@ -244,6 +250,14 @@ def cmd_lm_tune(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from asr.export import export
+
+    out = export(args.model_dir, args.out, args.format)
+    print(f"exported {args.model_dir} as {args.format} into {out}")
+    return 0
+
+
 def cmd_average(args) -> int:
     from asr.checkpoint import average_model_dirs
 
@@ -252,7 +266,7 @@ def cmd_average(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "average": cmd_average, "lm": cmd_lm}
+COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "export": cmd_export, "average": cmd_average, "lm": cmd_lm}
 
 
 def _import_tensorflow_quietly() -> None:

@@ -43,7 +43,7 @@ def stack_frames(features: tf.Tensor, feature_lengths: tf.Tensor, stack: int, st
     if stack == 1 and stride == 1:
         return features
     mask = tf.sequence_mask(feature_lengths, tf.shape(features)[1], dtype=features.dtype)
-    features = features * mask[:, :, None]
+    features = features * tf.expand_dims(mask, -1)  # not mask[:, :, None]: TFLite's StridedSlice has no new axes
     time = tf.shape(features)[1]
     steps = (time + stride - 1) // stride
     # Pad so that every step's window exists: the last window starts at (steps - 1) * stride.

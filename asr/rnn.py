@@ -31,7 +31,9 @@ XLA was measured and is not used: compiling each step is slower on CPU (launch o
 compiling a whole loop needs static shapes, so it would recompile for every padded length.
 """
 
+import contextlib
 import random
+import threading
 from typing import NamedTuple
 
 import keras
@@ -639,6 +641,23 @@ def _element_shape(shape):
     return tf.constant([-1 if d is None else d for d in shape.as_list()], tf.int32)
 
 
+_FORWARD_ONLY = threading.local()  # .active: loops traced now read their inputs without popping (forward_only)
+
+
+@contextlib.contextmanager
+def forward_only():
+    """Loops traced inside read each step's input with TensorListGetItem instead of popping it
+    off the list: the same values, as fast forward, but a gradient taken through them is O(T^2)
+    (see _loop). For inference graphs only (asr.export): TFLite's converter lowers GetItem to
+    builtin ops and cannot lower TensorListPopBack, which would need the Flex delegate."""
+    previous = getattr(_FORWARD_ONLY, "active", False)
+    _FORWARD_ONLY.active = True
+    try:
+        yield
+    finally:
+        _FORWARD_ONLY.active = previous
+
+
 def _loop(step, projected, initial_states, output_shapes, lengths, num_steps):
     """Runs `step(inputs_t, states) -> (outputs_t, new_states)` for num_steps steps (tf.while_loop).
 
@@ -654,12 +673,19 @@ def _loop(step, projected, initial_states, output_shapes, lengths, num_steps):
         tf.TensorArray(p.dtype, size=num_steps, element_shape=shape) for p, shape in zip(projected, output_shapes)
     ]
 
+    pop = not getattr(_FORWARD_ONLY, "active", False)
+
     def body(t, states, outputs_ta, input_lists):
         inputs, remaining = [], []
         for p, shape, input_list in zip(projected, shapes, input_lists):
-            input_list, item = tf.raw_ops.TensorListPopBack(
-                input_handle=input_list, element_shape=shape, element_dtype=p.dtype
-            )
+            if pop:
+                input_list, item = tf.raw_ops.TensorListPopBack(
+                    input_handle=input_list, element_shape=shape, element_dtype=p.dtype
+                )
+            else:  # step t's input sits at index num_steps - 1 - t (reversed order), where popping finds it
+                item = tf.raw_ops.TensorListGetItem(
+                    input_handle=input_list, index=num_steps - 1 - t, element_shape=shape, element_dtype=p.dtype
+                )
             item.set_shape(p.shape[1:])
             inputs.append(item)
             remaining.append(input_list)
