@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from asr.config import MAX_BEAM_WIDTH  # light (no TensorFlow): the CLI parses before TensorFlow loads
+from asr.output import FORMATS, output_path  # light too
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,17 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an experiment folder that holds another run, moving that run into <exp-dir>/previous-<time>/")
 
-    p = sub.add_parser("transcribe", help="print the transcript of audio files")
+    p = sub.add_parser("transcribe", help="print the transcript of audio files, or write subtitles and word timings")
     p.add_argument("model_dir", help="a model directory (config.json, vocab.json, stats.json, weights.npz)")
-    p.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG; any sample rate, mono or stereo)")
+    p.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG; any sample rate, mono or stereo, any length)")
     _decoding_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+    p.add_argument("--format", choices=FORMATS, default="txt",
+                   help="txt: the text (default); json: text and words with start, end (seconds) and confidence; "
+                        "srt, vtt: subtitles; tsv: one word a line with its times")
+    p.add_argument("--json", action="store_true", help="the same as --format json (one line of JSON per file)")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="write one file per input there, named after it (speech.wav -> speech.srt) instead of printing")
+    _quiet_argument(p)
 
     p = sub.add_parser("evaluate", help="WER/CER report of a model on a JSONL manifest")
     p.add_argument("model_dir")
     p.add_argument("manifest", help='JSONL manifest: {"audio_filepath", "duration", "text"} per line')
     p.add_argument("--report-dir", help="where report.md/.json/.html go (default: <model_dir>/../reports/<manifest name>)")
     _decoding_arguments(p)
+    _quiet_argument(p)
 
     p = sub.add_parser("average", help="average the weights of several models of one recipe (e.g. its last epochs)")
     p.add_argument("out_dir", help="the model directory to write")
@@ -69,6 +77,15 @@ def _decoding_arguments(p) -> None:
     p.add_argument("--word-score", type=_finite_float, default=None, help="word insertion bonus beta (default: the LM's tuned value)")
     p.add_argument("--lexicon-free", dest="lexicon", action="store_const", const=False, default=None,
                    help="let words outside the LM's word list come out (default: the LM's tuned choice, else lexicon only)")
+
+
+def _quiet_argument(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
+
+
+def _progress(args) -> bool:
+    """A progress bar on stderr: only on a terminal, and not with --quiet."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _lm_parsers(p) -> None:
@@ -152,27 +169,53 @@ def cmd_train(args) -> int:
 
 def _recognizer(args):
     from asr.decode import DecodeOptions
+    from asr.export import trace_cache_dir
     from asr.inference import Recognizer
 
     options = DecodeOptions(beam_width=args.beam_width, lm_dir=args.lm_dir, lm_weight=args.lm_weight,
                             word_score=args.word_score, lexicon=args.lexicon)
     options.validate()  # before the model loads: a mistake costs no time
-    return Recognizer(args.model_dir, options)
+    return Recognizer(args.model_dir, options, cache_dir=trace_cache_dir())  # starts without tracing from the 2nd run
 
 
 def cmd_transcribe(args) -> int:
+    from tqdm import tqdm
+
+    from asr.io import atomic_write_text
+    from asr.output import render
+
+    fmt = "json" if args.json else args.format
+    _check_transcribe_outputs(args.audio, fmt, args.output_dir)  # before the model loads: a mistake costs no time
     recognizer = _recognizer(args)
-    feats, errors = recognizer.features_or_errors(args.audio)
-    readable = [i for i, error in enumerate(errors) if error is None]
-    texts = dict(zip(readable, recognizer.transcribe_features([feats[i] for i in readable])))
-    for i, path in enumerate(args.audio):
-        if errors[i] is not None:
-            print(f"asr transcribe: skipped: {errors[i]}", file=sys.stderr)  # the error names the file
-        elif args.json:
-            print(json.dumps({"audio_filepath": path, "text": texts[i]}))
+    skipped = 0
+    for transcript in recognizer.transcribe_files(args.audio, words=fmt != "txt", progress=_progress(args), skip_errors=True):
+        if transcript.error is not None:
+            tqdm.write(f"asr transcribe: skipped: {transcript.error}", file=sys.stderr)  # the error names the file
+            skipped += 1
+        elif args.output_dir is not None:
+            atomic_write_text(output_path(args.output_dir, transcript.audio_filepath, fmt), render(transcript, fmt))
         else:
-            print(texts[i])
-    return 0 if not any(errors) else 1
+            tqdm.write(render(transcript, fmt), file=sys.stdout, end="")  # above the progress bar, if any
+    return 0 if not skipped else 1
+
+
+def _check_transcribe_outputs(audio: list[str], fmt: str, output_dir: Path | None) -> None:
+    """Fails (one line naming the culprit) where the outputs cannot be written: subtitles of several
+    files printed together, two inputs named alike in one --output-dir, an unwritable --output-dir."""
+    from asr.errors import ConfigError
+    from asr.io import check_output_dir
+
+    if output_dir is None:
+        if fmt in ("srt", "vtt", "tsv") and len(audio) > 1:
+            raise ConfigError(f"--format {fmt} prints one file's {fmt.upper()}: give --output-dir DIR to write one file per input")
+        return
+    check_output_dir(output_dir, "--output-dir")
+    seen: dict[Path, str] = {}
+    for path in audio:
+        out = output_path(output_dir, path, fmt)
+        if out in seen:
+            raise ConfigError(f"{seen[out]} and {path} would both be written to {out}; transcribe them into different --output-dir folders")
+        seen[out] = path
 
 
 def cmd_evaluate(args) -> int:
@@ -184,7 +227,7 @@ def cmd_evaluate(args) -> int:
     report_dir = Path(args.report_dir or Path(args.model_dir).resolve().parent / "reports" / Path(args.manifest).stem)
     evaluate.check_report_dir(report_dir)
     recognizer = _recognizer(args)
-    results, skipped = evaluate_manifest(recognizer, utterances)
+    results, skipped = evaluate_manifest(recognizer, utterances, progress=_progress(args))
     for item in skipped:
         print(f"asr evaluate: skipped {item['id']}: {item['error']}", file=sys.stderr)
     if not results:
