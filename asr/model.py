@@ -63,8 +63,8 @@ class AcousticModel(keras.Model):
     precision (train.precision): "float32", or a mixed policy under which the recurrent layers'
     matmuls run in bfloat16/float16 while every weight stays float32 (so a model directory holds
     float32 weights whatever the precision it was trained in, and loads as a float32 model). The
-    output projection and the logits stay float32 (about 1% of the FLOPs), so the softmax and the
-    CTC loss never see bf16 rounding.
+    output projection and the logits stay float32 (0.4% of the recipe model's multiply-adds), so
+    the softmax and the CTC loss never see bf16 rounding.
     """
 
     def __init__(self, cfg: ModelConfig, num_features: int, vocab_size: int, seed: int = 0, precision: str = "float32", **kwargs):
