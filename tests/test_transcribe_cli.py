@@ -1,7 +1,5 @@
 """asr transcribe --format/--output-dir mistakes: one line on stderr, exit 2, before the model loads."""
 
-from pathlib import Path
-
 import pytest
 
 from asr.cli import main
@@ -23,7 +21,7 @@ def test_subtitles_of_several_files_need_an_output_dir(capsys):
 
 
 def test_two_inputs_named_alike_would_overwrite_each_other(tmp_path, capsys):
-    err = one_line(capsys, ["transcribe", NO_MODEL, "x/talk.wav", "y/talk.flac", "--format", "srt", "--output-dir", tmp_path],
+    one_line(capsys, ["transcribe", NO_MODEL, "x/talk.wav", "y/talk.flac", "--format", "srt", "--output-dir", tmp_path],
                    "x/talk.wav", "y/talk.flac", tmp_path / "talk.srt")
     assert list(tmp_path.iterdir()) == []
 
