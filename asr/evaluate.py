@@ -19,6 +19,11 @@ TOP_CONFUSIONS = 20  # most frequent substitutions, deletions and insertions lis
 # ---- scoring ----------------------------------------------------------------------------------
 
 
+def utterance_result(utt, hypothesis: str) -> dict:
+    """One decoded utterance (an asr.data.Utterance and its hypothesis) as build_report takes it."""
+    return dict(id=utt.id, reference=utt.text, hypothesis=hypothesis, speaker=utt.speaker, duration=utt.duration)
+
+
 def error_rates(references: list[str], hypotheses: list[str]) -> dict:
     """Corpus WER and CER with their counts, for normalized texts (asr.text does the normalizing).
 

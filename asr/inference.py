@@ -15,6 +15,7 @@ from asr import checkpoint, ctc
 from asr.audio import stream_audio
 from asr.decode import DecodeOptions, Decoder, resolve
 from asr.errors import AudioError
+from asr.evaluate import utterance_result
 from asr.features import compute_features, features_for_model, hop_samples, normalize
 from asr.export import load_forward
 from asr.output import Transcript, Word
@@ -240,5 +241,5 @@ def evaluate_manifest(recognizer: Recognizer, utterances, progress: bool = False
         if t.error is not None:
             skipped.append(dict(id=u.id, audio_filepath=str(u.audio_filepath), error=t.error))
         else:
-            results.append(dict(id=u.id, reference=u.text, hypothesis=t.text, speaker=u.speaker, duration=u.duration))
+            results.append(utterance_result(u, t.text))
     return results, skipped

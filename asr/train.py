@@ -22,6 +22,7 @@ from tqdm import tqdm
 from asr import checkpoint, ctc, evaluate
 from asr.config import Config, to_dict
 from asr.data import filter_utterances, make_dataset, read_manifest
+from asr.decode import DecodeOptions, Decoder, resolve
 from asr.errors import ConfigError, DataError, ExperimentError
 from asr.features import FeatureStats, compute_stats
 from asr.io import atomic_write_text, check_output_dir, make_dirs, remove_stale_temporaries
@@ -314,22 +315,16 @@ def batch_ids(strategy, batch) -> list[str]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def decode_dataset(steps: Steps, dataset, vocab: Vocabulary, utts_by_id: dict, beam_width: int = 1):
-    """Runs the model over a dataset -> (mean loss, list of result dicts for evaluate.build_report)."""
+def decode_dataset(steps: Steps, dataset, decoder: Decoder, utts_by_id: dict):
+    """Runs the model over a dataset and decodes it as `asr evaluate` does (asr.decode.Decoder)
+    -> (mean loss, list of result dicts for evaluate.build_report)."""
     results, losses = [], []
     for batch in dataset:
         ids = batch_ids(steps.strategy, batch)
         loss, logp, lengths = steps.eval_step(batch)
-        if beam_width > 1:
-            hyps = ctc.beam_search_decode(logp, lengths, beam_width=beam_width)
-        else:
-            hyps = ctc.greedy_decode(logp, lengths)
         losses.extend(loss.tolist())
-        for utt_id, hyp in zip(ids, hyps):
-            utt = utts_by_id[utt_id]
-            results.append(
-                dict(id=utt_id, reference=utt.text, hypothesis=vocab.decode(hyp), speaker=utt.speaker, duration=utt.duration)
-            )
+        for utt_id, hyp in zip(ids, decoder.decode(logp, lengths)):
+            results.append(evaluate.utterance_result(utts_by_id[utt_id], hyp))
     finite = [x for x in losses if math.isfinite(x)]
     return (float(np.mean(finite)) if finite else float("nan")), results
 
@@ -555,7 +550,8 @@ class Trainer:
     def evaluate_dev(self, epoch: int) -> dict:
         tick = time.time()
         dataset, _ = build_dataset(self.config, self.dev_utts, self.vocab, self.stats, training=False)
-        dev_loss, results = decode_dataset(self.steps, self.strategy.experimental_distribute_dataset(dataset), self.vocab, self.dev_by_id)
+        decoder = Decoder(self.vocab, resolve(DecodeOptions(), self.config.decode.beam_width))  # the model's own beam
+        dev_loss, results = decode_dataset(self.steps, self.strategy.experimental_distribute_dataset(dataset), decoder, self.dev_by_id)
         rates = evaluate.error_rates([r["reference"] for r in results], [r["hypothesis"] for r in results])
         self.state.train_seconds += time.time() - tick
         record = dict(

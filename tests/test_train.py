@@ -57,6 +57,7 @@ def recipe(tmp_path: Path, root: Path, ids, **sections) -> Path:
 def test_overfit_two_utterances(tmp_path, librispeech_root, monkeypatch):
     """LDC93S1-style check: the model learns two real utterances until greedy decoding is exact."""
     from asr.config import load_recipe
+    from asr.decode import DecodeOptions, Decoder, resolve
     from asr.train import Trainer, build_dataset, decode_dataset
 
     monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
@@ -66,11 +67,12 @@ def test_overfit_two_utterances(tmp_path, librispeech_root, monkeypatch):
     dataset, skipped = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
     assert not skipped
     batch = next(iter(dataset))
+    greedy = Decoder(trainer.vocab, resolve(DecodeOptions(beam_width=1), 1))
     hyps = []
     for step in range(1, 501):
         trainer.steps.train_step(batch)
         if step % 25 == 0:
-            _, results = decode_dataset(trainer.steps, dataset, trainer.vocab, trainer.dev_by_id)
+            _, results = decode_dataset(trainer.steps, dataset, greedy, trainer.dev_by_id)
             hyps = sorted((r["id"], r["hypothesis"]) for r in results)
             if all(h == UTTERANCES[i][1] for i, h in hyps):
                 break
