@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import json
 import os
 import re
@@ -329,9 +331,36 @@ def _import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def _start_quickly() -> None:
+    """Imports TensorFlow for the asr program (not for a call of main from Python), saving what
+    bench/startup.py measured on a short transcription:
+    - garbage collection: none while TensorFlow imports, its objects then kept out of every later
+      collection (the program's own garbage is still collected), and none at exit, where
+      collecting them took 1 s of each run;
+    - scikit-learn: TensorFlow imports Keras, whose scikit-learn wrappers import scikit-learn and
+      scipy.stats when they are installed (0.5 s), and no asr command uses them. It is hidden
+      while TensorFlow imports, so Keras leaves those wrappers out in this process, as it does
+      when scikit-learn is not installed; it can be imported again afterwards."""
+    gc.disable()
+    hide = "sklearn" not in sys.modules
+    if hide:
+        sys.modules["sklearn"] = None  # `import sklearn` raises ImportError
+    try:
+        _import_tensorflow_quietly()
+    finally:
+        if hide and sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]
+        gc.freeze()
+        gc.enable()
+    atexit.register(gc.freeze)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _import_tensorflow_quietly()
+    if argv is None:
+        _start_quickly()  # imports TensorFlow
+    else:
+        _import_tensorflow_quietly()
     from asr.errors import AsrError
 
     name = " ".join(filter(None, ["asr", args.command, getattr(args, "lm_command", None)]))

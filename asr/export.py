@@ -16,8 +16,8 @@ runs it, `asr export` saves it, and the trace cache keeps it traced for the next
   shift a user needs to compute features and read the outputs without asr.
 - The trace cache (load_forward with a cache_dir): a SavedModel of the same function, keyed by
   the weights' SHA-256, the model config and the code that builds the graph, so a changed model
-  or asr is traced afresh; loading it takes ~0.5 s where building the Keras model and tracing
-  took ~1.5 s.
+  or asr is traced afresh; loading it and running it once took 0.6 s where building the Keras
+  model and tracing it took 1.3 s (bench/startup.py).
 """
 
 from __future__ import annotations
@@ -269,8 +269,9 @@ def load_forward(model_dir: str | Path, config: Config, vocab_size: int, cache_d
 
     cache_dir None: the Keras model is built and the function traced. Else the function is loaded
     from cache_dir when an entry for these weights, config and code is there (model is then None),
-    or traced and saved there for next time; a damaged or unwritable cache costs a warning and a
-    trace, never a wrong result (outputs are identical either way: tests/test_startup.py).
+    or traced and saved there after its first run, for next time; a damaged or unwritable cache
+    costs a warning and a trace, never a wrong result (outputs are identical either way:
+    tests/test_startup.py).
     """
     if cache_dir is None:
         model = build_model(model_dir, config, vocab_size)
@@ -281,8 +282,19 @@ def load_forward(model_dir: str | Path, config: Config, vocab_size: int, cache_d
         return None, loaded
     model = build_model(model_dir, config, vocab_size)
     forward = make_forward(model, config.features.num_features)
-    _save_entry(entry, _module(model, forward), model_dir)
-    return model, _pair(forward)
+    unsaved = [_module(model, forward)]
+
+    def run(feats, lengths):
+        out = forward(feats, lengths)
+        try:  # after the first run, which traced it: a model that never ran is never cached
+            module = unsaved.pop()
+        except IndexError:
+            pass
+        else:
+            _save_entry(entry, module, model_dir)
+        return out["log_probs"], out["output_lengths"]
+
+    return model, run
 
 
 def cache_key(model_dir: str | Path, config: Config, vocab_size: int) -> str:

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -15,7 +16,6 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 import scipy.sparse
-import scipy.signal
 
 from asr.audio import change_speed, load_audio
 from asr.config import FeatureConfig
@@ -70,11 +70,37 @@ def _analysis(cfg: FeatureConfig) -> _Analysis:
     win = int(round(cfg.sample_rate * cfg.win_ms / 1000.0))
     n_fft = 1 << (win - 1).bit_length()
     left = (n_fft - win) // 2  # the window centred in the FFT frame, as librosa.util.pad_center
-    window = np.pad(scipy.signal.get_window("hann", win, fftbins=True), (left, n_fft - win - left))
+    window = np.pad(_hann(win), (left, n_fft - win - left))
     mel = mel_filterbank(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     dct = scipy.fft.dct(np.eye(cfg.n_mels), axis=0, type=2, norm="ortho")[: cfg.n_mfcc].astype(np.float32)
-    kernels = tuple(scipy.signal.savgol_coeffs(DELTA_WIDTH, order, deriv=order).astype(np.float32) for order in (1, 2))
+    kernels = tuple(_savgol_derivative(DELTA_WIDTH, order).astype(np.float32) for order in (1, 2))
     return _Analysis(hop_samples(cfg), n_fft, window.astype(np.float32), scipy.sparse.csr_array(mel), dct, kernels)
+
+
+# The window and the delta kernels are computed here rather than by scipy.signal, whose import
+# (with scipy.stats) took 0.4 s of every `asr transcribe` start; tests/test_startup.py checks them
+# against scipy.signal bit for bit.
+
+
+def _hann(length: int) -> np.ndarray:
+    """float64 [length]: the periodic Hann window, scipy.signal.get_window("hann", length)."""
+    if length <= 1:
+        return np.ones(length)
+    fac = np.linspace(-np.pi, np.pi, length + 1)
+    window = np.zeros(length + 1)
+    for k, a in enumerate((0.5, 0.5)):  # scipy's general cosine window, term by term
+        window += a * np.cos(k * fac)
+    return window[:-1]
+
+
+def _savgol_derivative(width: int, order: int) -> np.ndarray:
+    """float64 [width]: convolution weights of the order-th derivative of a least-squares
+    polynomial of degree order over width frames, scipy.signal.savgol_coeffs(width, order, deriv=order)."""
+    x = np.arange(-(width // 2), width - width // 2, dtype=np.float64)[::-1]
+    design = x ** np.arange(order + 1, dtype=np.float64).reshape(-1, 1)
+    target = np.zeros(order + 1)
+    target[order] = float(math.factorial(order))
+    return np.linalg.lstsq(design, target, rcond=None)[0]
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
