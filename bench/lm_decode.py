@@ -27,10 +27,12 @@ FLASHLIGHT_GRID = ((1.0, -1.0), (1.5, -1.0), (1.5, 0.0), (2.0, -1.0), (2.0, -2.0
 FLASHLIGHT_BEAM_THRESHOLD = 25.0  # hypotheses this far below the best are dropped (torchaudio's default)
 
 
-def timed_decode(decode_one, posteriors) -> tuple[list[str], float]:
-    start = time.perf_counter()
+def timed_decode(decode_one, posteriors) -> tuple[list[str], float, float]:
+    """Hypotheses, wall seconds and CPU seconds of this process (steadier on a shared machine:
+    the decoders run on one thread)."""
+    start, cpu = time.perf_counter(), time.process_time()
     hyps = [" ".join(decode_one(lp).split()) for lp in posteriors]
-    return hyps, time.perf_counter() - start
+    return hyps, time.perf_counter() - start, time.process_time() - cpu
 
 
 def flashlight_decoder(recognizer: Recognizer, lm: LanguageModel, beam: int, lm_weight: float, word_score: float):
@@ -67,10 +69,11 @@ def flashlight_decoder(recognizer: Recognizer, lm: LanguageModel, beam: int, lm_
     return decode_one
 
 
-def report(name: str, refs: list[str], hyps: list[str], seconds: float, audio: float) -> float:
+def report(name: str, refs: list[str], hyps: list[str], seconds: float, cpu_seconds: float, audio: float) -> float:
     """Prints one decoder's line and returns its decoding seconds."""
     rates = error_rates(refs, hyps)
-    print(f"{name:<48} WER {100 * rates['wer']:6.2f}%  CER {100 * rates['cer']:6.2f}%  RTF {seconds / audio:.4f}", flush=True)
+    print(f"{name:<48} WER {100 * rates['wer']:6.2f}%  CER {100 * rates['cer']:6.2f}%  "
+          f"RTF {seconds / audio:.4f} (CPU time {cpu_seconds / audio:.4f})", flush=True)
     return seconds
 
 
