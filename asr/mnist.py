@@ -23,8 +23,8 @@ from asr.config import Config, ModelConfig, to_dict
 from asr.errors import ConfigError, DataError
 from asr.io import check_output_dir, make_dirs
 from asr.model import make_cell
+from asr.optim import make_optimizer
 from asr.rnn import dynamic_rnn
-from asr.train import make_optimizer
 
 IMAGE_SIZE = 28  # pixels per side: an image is IMAGE_SIZE time steps of IMAGE_SIZE features
 NUM_CLASSES = 10  # the digits 0-9

@@ -1,4 +1,4 @@
-"""Training a CTC acoustic model: data preparation, the training loop, checkpoints, dev evaluation."""
+"""Training a CTC acoustic model: the training loop, checkpoints, dev evaluation."""
 
 from __future__ import annotations
 
@@ -13,20 +13,22 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from asr import checkpoint, ctc, evaluate
+from asr import checkpoint, corpora, ctc, evaluate
 from asr.config import Config, to_dict
-from asr.data import filter_utterances, make_dataset, read_manifest
+from asr.data import Utterance, filter_utterances, make_dataset
 from asr.decode import DecodeOptions, Decoder, resolve
 from asr.errors import ConfigError, DataError, ExperimentError
 from asr.features import FeatureStats, compute_stats
 from asr.io import atomic_write_text, check_output_dir, make_dirs, remove_stale_temporaries
 from asr.model import AcousticModel, output_lengths
+from asr.optim import decay_steps, make_optimizer
 from asr.text import Vocabulary
 
 log = logging.getLogger("asr.train")
@@ -40,41 +42,6 @@ def feature_cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def prepare_data(config: Config, exp_dir: Path):
-    """The recipe's corpus -> (train utterances, dev utterances)."""
-    data = config.data
-    if data.corpus == "manifest":
-        root = Path(data.data_dir or ".")
-        dev = read_manifest(root / data.dev_manifest) if data.dev_manifest else []
-        return read_manifest(root / data.train_manifest), dev
-    from data_scripts import librispeech
-
-    root = Path(data.data_dir) if data.data_dir else exp_dir / "corpus"
-    if not data.data_dir:
-        librispeech.download_subsets(root, data.subsets)
-    train_path, dev_path = librispeech.prepare_librispeech(
-        root, exp_dir / "data", data.subsets, dev_speakers=data.dev_speakers, alphabet=config.text.alphabet
-    )
-    return read_manifest(train_path), read_manifest(dev_path) if data.dev_speakers else []
-
-
-def check_corpus(config: Config) -> None:
-    """DataError naming the file or folder when the recipe's corpus is not there: its manifests
-    (read line by line) or, under a given data_dir, its LibriSpeech subset folders."""
-    data = config.data
-    if data.corpus == "manifest":
-        for name in (data.train_manifest, data.dev_manifest):
-            if name:
-                read_manifest(Path(data.data_dir or ".") / name)
-    elif data.data_dir:
-        from data_scripts import librispeech
-
-        for subset in data.subsets:
-            folder = librispeech.subset_dir(Path(data.data_dir), subset)
-            if not folder.is_dir():
-                raise DataError(f"{folder}: no such folder; fix --data-dir (data.data_dir) or data.subsets, or leave data_dir empty to download")
 
 
 def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | None:
@@ -142,26 +109,7 @@ def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int
     return dataset, skipped
 
 
-# ----------------------------------------------------------------------------- model and optimizer
-
-
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then cosine decay to peak * floor over `decay_steps` (0 = constant)."""
-
-    def __init__(self, peak: float, warmup_steps: int, decay_steps: int, floor: float):
-        self.peak, self.warmup_steps, self.decay_steps, self.floor = peak, warmup_steps, decay_steps, floor
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0
-        warm = tf.minimum(1.0, step / max(self.warmup_steps, 1))
-        if self.decay_steps <= 0:
-            return self.peak * warm
-        progress = tf.clip_by_value((step - self.warmup_steps) / self.decay_steps, 0.0, 1.0)
-        cosine = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        return self.peak * warm * cosine
-
-    def get_config(self):
-        return dict(peak=self.peak, warmup_steps=self.warmup_steps, decay_steps=self.decay_steps, floor=self.floor)
+# ----------------------------------------------------------------------------- model
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -176,26 +124,6 @@ def build_model(config: Config, vocab: Vocabulary) -> AcousticModel:
     model = AcousticModel(config.model, config.features.num_features, vocab.size, seed=config.train.seed, precision=config.train.precision)
     model.build_weights()
     return model
-
-
-def decay_steps(train_cfg, steps_per_epoch: int | None) -> int:
-    """train.decay_steps as a number: "auto" is the rest of the run after warm-up, epochs x
-    steps_per_epoch - warmup_steps (at least 0), so that changing epochs cannot leave it stale."""
-    if train_cfg.decay_steps != "auto":
-        return train_cfg.decay_steps
-    if steps_per_epoch is None:
-        raise ConfigError("train.decay_steps 'auto' needs the number of steps per epoch (known once the data is read)")
-    return max(train_cfg.epochs * steps_per_epoch - train_cfg.warmup_steps, 0)
-
-
-def make_optimizer(config: Config, model, steps_per_epoch: int | None = None) -> keras.optimizers.Optimizer:
-    """Adam on the warm-up + cosine schedule; its state is float32 whatever train.precision is
-    (the weights it updates are float32 under the mixed policies too)."""
-    t = config.train
-    schedule = WarmupCosine(t.learning_rate, t.warmup_steps, decay_steps(t, steps_per_epoch), t.lr_floor)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule)  # clipping: Steps, after the replica sum
-    optimizer.build(model.trainable_variables)
-    return optimizer
 
 
 # ----------------------------------------------------------------------------- steps
@@ -376,10 +304,21 @@ def dev_score(record: dict | None) -> tuple:
     return (0, record["wer"], record["cer"], loss)
 
 
-class Trainer:
-    """Owns one run: model, optimizer, data and state; `run()` trains until done."""
+ModelFactory = Callable[[Config, Vocabulary], keras.Model]  # -> a model with its weights built
 
-    def __init__(self, config: Config, exp_dir: Path, resume: bool = False):
+
+class Trainer:
+    """Owns one run: model, optimizer, data and state; `run()` trains until done.
+
+    train_utts, dev_utts: the prepared corpus (asr.corpora.prepare); dev_utts may be empty.
+    model_factory(config, vocab) builds the model, with its weights, under the run's
+    tf.distribute strategy: any keras.Model called as AcousticModel is, (features [B, T, F],
+    feature_lengths [B], training) -> (logits [B, T', V], output lengths [B]), and having
+    num_parameters(); build_model by default.
+    """
+
+    def __init__(self, config: Config, exp_dir: Path, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance],
+                 resume: bool = False, model_factory: ModelFactory | None = None):
         self.exp_dir = Path(exp_dir)
         claim_exp_dir(self.exp_dir, resume, overwrite=False)
         make_dirs(self.exp_dir)
@@ -394,13 +333,13 @@ class Trainer:
         self.config = config
         keras.utils.set_random_seed(config.train.seed)
         self.vocab = Vocabulary(config.text.alphabet)
-        self.train_utts, self.dev_utts = prepare_data(config, self.exp_dir)
+        self.train_utts, self.dev_utts = list(train_utts), list(dev_utts)
         self.steps_per_epoch = check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
         with self._writing("the feature statistics"):
             self.stats = feature_stats(config, self.train_utts, self.exp_dir)
         self.strategy = make_strategy(config.train.strategy)
         with self.strategy.scope():
-            self.model = build_model(config, self.vocab)
+            self.model = (model_factory or build_model)(config, self.vocab)
             self.optimizer = make_optimizer(config, self.model, self.steps_per_epoch)
         loss_scale = LossScale() if config.train.precision == "mixed_float16" else None
         self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm, loss_scale)
@@ -664,12 +603,14 @@ def train(config: Config, exp_dir: str | Path, resume: bool = False, overwrite: 
     """
     exp_dir = Path(exp_dir)
     check_output_dir(exp_dir, "experiment folder (--exp-dir)")
-    check_corpus(config)  # before anything is written: a mistake leaves no folder behind
+    corpora.check_corpus(config)  # before anything is written: a mistake leaves no folder behind
     aside = claim_exp_dir(exp_dir, resume, overwrite)
     handlers = setup_logging(exp_dir)
     try:
         if aside is not None:
             log.info("moved the previous run in %s aside to %s", exp_dir, aside)
-        return Trainer(config, exp_dir, resume=resume).run()
+        train_utts, dev_utts = corpora.prepare(config, exp_dir)
+        return Trainer(config, exp_dir, train_utts, dev_utts, resume=resume).run()
     finally:
         close_logging(handlers)
+

@@ -27,10 +27,10 @@ import numpy as np  # noqa: E402
 
 from asr.audio import load_audio  # noqa: E402
 from asr.config import FeatureConfig  # noqa: E402
+from asr.corpora import read_subset  # noqa: E402
 from asr.data import make_dataset, padding_fraction  # noqa: E402
 from asr.features import extract  # noqa: E402
 from asr.text import Vocabulary  # noqa: E402
-from data_scripts.librispeech import read_subset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = FeatureConfig(normalization="utterance")  # utterance mode: no statistics needed to time the pipeline

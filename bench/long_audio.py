@@ -94,10 +94,10 @@ def main() -> None:
 
 
 def run(args, work: Path) -> None:
+    from asr.corpora import prepare_librispeech
     from asr.data import read_manifest
     from asr.evaluate import error_rates
     from asr.inference import Recognizer
-    from data_scripts.librispeech import prepare_librispeech
 
     work.mkdir(parents=True, exist_ok=True)
     _, dev = prepare_librispeech(args.data_dir, work / "data", ["train-clean-5"], DEV_SPEAKERS)

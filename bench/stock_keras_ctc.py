@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from asr import corpora
 from asr import train as train_lib
 from asr.config import load_recipe
 from asr.model import output_lengths, stack_frames
@@ -63,10 +64,10 @@ def main() -> None:
         f"train.epochs={args.epochs}", "train.patience=0", "train.checkpoint_every=100000",
     ]
     config = load_recipe(RECIPE, overrides)
-    train_lib.build_model = lambda cfg, vocab: _built(StockModel(cfg.model, cfg.features.num_features, vocab.size))
     exp_dir = Path(args.exp_dir)
     train_lib.setup_logging(exp_dir)
-    trainer = train_lib.Trainer(config, exp_dir)
+    train_utts, dev_utts = corpora.prepare(config, exp_dir)
+    trainer = train_lib.Trainer(config, exp_dir, train_utts, dev_utts, model_factory=stock_model)
     start = time.time()
     while not trainer.done():
         trainer.train_one_epoch()
@@ -77,7 +78,9 @@ def main() -> None:
             break
 
 
-def _built(model):
+def stock_model(config, vocab) -> StockModel:
+    """Trainer's model factory: the stock model for the recipe, with its weights built."""
+    model = StockModel(config.model, config.features.num_features, vocab.size)
     model.build_weights()
     return model
 

@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from asr.download import download, mark_done, stage_done
 from asr.errors import AsrError, DataError
 from asr.io import atomic_dir
 from asr.lm import ARPA_FILE, INFO_FILE, WORDS_FILE
-from data_scripts.download import download, mark_done, stage_done
 
 log = logging.getLogger(__name__)
 

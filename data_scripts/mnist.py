@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from asr.download import download
 from asr.errors import AsrError, DataError
 from asr.mnist import FILES, read_idx
-from data_scripts.download import download
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from asr.config import FeatureConfig
+from asr.corpora import read_subset
 from asr.data import (
     Utterance,
     ctc_min_length,
@@ -20,7 +21,6 @@ from asr.data import (
 from asr.errors import ConfigError, DataError
 from asr.features import compute_stats, features_for_model, frames_for_duration
 from asr.text import Vocabulary
-from data_scripts.librispeech import read_subset
 
 CFG = FeatureConfig(normalization="utterance")
 VOCAB = Vocabulary()

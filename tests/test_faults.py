@@ -22,8 +22,9 @@ from asr.cli import main
 from asr.config import from_dict
 from asr.errors import DataError
 from asr.features import FeatureStats
+from asr.optim import make_optimizer
 from asr.text import Vocabulary
-from asr.train import build_model, make_optimizer
+from asr.train import build_model
 from test_train import TRAIN_CLEAN_5, UTTERANCES, recipe
 
 TINY = {"model": {"num_layers": 1, "num_units": 8, "frame_stack": 3, "frame_stride": 2}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}}

@@ -27,7 +27,7 @@ def small_lm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dev_manifest(tmp_path_factory, librispeech_root):
-    from data_scripts.librispeech import prepare_librispeech
+    from asr.corpora import prepare_librispeech
 
     out = tmp_path_factory.mktemp("ls")
     _, dev = prepare_librispeech(librispeech_root, out, ["train-clean-5"], dev_speakers=("32", "669", "7312"))
@@ -146,7 +146,7 @@ README_LM_WER = 0.4533  # recipes/librispeech_small/README.md: 3-gram (prune 0 0
 @pytest.mark.slow
 def test_the_readme_lm_result(librispeech_root, tmp_path):
     """The recipe README's LM row from scratch: build the 3-gram from lm_books, decode the dev speakers."""
-    from data_scripts.librispeech import prepare_librispeech
+    from asr.corpora import prepare_librispeech
 
     books = require(SHARED_DATA / "lm_books")
     lm = tmp_path / "3gram_p001"

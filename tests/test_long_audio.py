@@ -20,8 +20,8 @@ RATE = 16000
 def recording(librispeech_root, tmp_path_factory):
     """A FLAC of dev utterances one after another (speakers interleaved) with gaps, and
     [(utterance, start s, end s)]."""
+    from asr.corpora import prepare_librispeech
     from asr.data import read_manifest
-    from data_scripts.librispeech import prepare_librispeech
 
     out = tmp_path_factory.mktemp("long")
     _, manifest = prepare_librispeech(librispeech_root, out, ["train-clean-5"], DEV_SPEAKERS)

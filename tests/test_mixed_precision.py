@@ -268,13 +268,15 @@ def test_a_model_trained_in_bfloat16_is_a_float32_model_directory(tmp_path, libr
     within bf16 rounding of the bf16 model's."""
     import asr
     from asr.config import load_recipe
+    from asr.corpora import prepare
     from asr.train import Trainer, build_dataset
     from test_train import TRAIN_CLEAN_5, UTTERANCES, recipe
 
     monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
     ids = list(UTTERANCES)[:2]
     folder = recipe(tmp_path, librispeech_root, ids, model={"num_units": 16, "num_layers": 2, "input_keep_prob": 0.9}, train={"precision": "mixed_bfloat16"})
-    trainer = Trainer(load_recipe(folder, ["train.max_steps=3"]), tmp_path / "exp")
+    config = load_recipe(folder, ["train.max_steps=3"])
+    trainer = Trainer(config, tmp_path / "exp", *prepare(config, tmp_path / "exp"))
     trainer.run()
     assert trainer.state.step == 3 and trainer.state.skipped_batches == 0
     with np.load(tmp_path / "exp" / "model" / "weights.npz") as weights:

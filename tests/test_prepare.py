@@ -1,4 +1,4 @@
-"""data_scripts: LibriSpeech and FSDD manifests, resumable verified downloads, staged extraction."""
+"""asr.corpora and data_scripts: LibriSpeech and FSDD manifests, resumable verified downloads, staged extraction."""
 
 import gzip
 import hashlib
@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from asr import download as dl
+from asr.corpora import SUMMARY, download_subsets, parse_name, prepare_fsdd, prepare_librispeech
 from asr.data import read_manifest
 from asr.errors import DataError
-from data_scripts import download as dl
-from data_scripts.fsdd import parse_name, prepare_fsdd
-from data_scripts.librispeech import SUMMARY, download_subsets, prepare_librispeech
 
 DEV_SPEAKERS = ("32", "669", "7312")  # two women and a man, as in recipes/librispeech_small
 

@@ -37,9 +37,9 @@ def test_transcribes_an_unseen_speaker(recognizer, librispeech_root):
 
 def test_dev_speakers_score_what_the_readme_says(recognizer, librispeech_root, tmp_path):
     """Greedy CER on the recipe's 78 held-out utterances: the README's figure, under the 30% target."""
+    from asr.corpora import prepare_librispeech
     from asr.data import read_manifest
     from asr.inference import evaluate_manifest
-    from data_scripts.librispeech import prepare_librispeech
 
     config = recognizer.config
     _, dev_path = prepare_librispeech(librispeech_root, tmp_path, config.data.subsets, config.data.dev_speakers, config.text.alphabet)

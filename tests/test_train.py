@@ -57,13 +57,14 @@ def recipe(tmp_path: Path, root: Path, ids, **sections) -> Path:
 def test_overfit_two_utterances(tmp_path, librispeech_root, monkeypatch):
     """LDC93S1-style check: the model learns two real utterances until greedy decoding is exact."""
     from asr.config import load_recipe
+    from asr.corpora import prepare
     from asr.decode import DecodeOptions, Decoder, resolve
     from asr.train import Trainer, build_dataset, decode_dataset
 
     monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
     ids = ["1737-146161-0007", "1867-154075-0014"]
     config = load_recipe(recipe(tmp_path, librispeech_root, ids))
-    trainer = Trainer(config, tmp_path / "exp")
+    trainer = Trainer(config, tmp_path / "exp", *prepare(config, tmp_path / "exp"))
     dataset, skipped = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
     assert not skipped
     batch = next(iter(dataset))
@@ -130,9 +131,10 @@ MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from asr.config import load_recipe
+    from asr.corpora import prepare
     from asr.train import Trainer, build_dataset
     config = load_recipe(sys.argv[1], ["train.strategy=" + sys.argv[2]])
-    trainer = Trainer(config, sys.argv[3])
+    trainer = Trainer(config, sys.argv[3], *prepare(config, sys.argv[3]))
     dataset, _ = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
     dist = trainer.strategy.experimental_distribute_dataset(dataset)
     losses = []
@@ -162,11 +164,12 @@ def test_non_finite_loss_skips_the_batch_and_names_it(tmp_path, librispeech_root
     import tensorflow as tf
 
     from asr.config import load_recipe
+    from asr.corpora import prepare
     from asr.train import Trainer, build_dataset
 
     monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
     config = load_recipe(recipe(tmp_path, librispeech_root, list(UTTERANCES), model={"num_units": 16, "num_layers": 1}))
-    trainer = Trainer(config, tmp_path / "exp")
+    trainer = Trainer(config, tmp_path / "exp", *prepare(config, tmp_path / "exp"))
     dataset, _ = build_dataset(config, trainer.train_utts, trainer.vocab, trainer.stats, training=False)
     batch = dict(next(iter(dataset)))
     poisoned = batch["features"].numpy()
@@ -220,6 +223,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, l
     draw is a function of (seed, step) (dropout) or (seed, epoch, batch) (augmentation, shuffling).
     mixed_float16 also carries its loss scale (checkpointed in state.json)."""
     from asr.config import load_recipe
+    from asr.corpora import prepare
     from asr.train import Trainer
 
     monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
@@ -231,7 +235,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, l
     (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "augment:\n  speeds: [0.9, 1.0, 1.1]\n  freq_masks: 1\n  freq_mask_bands: 5\n  time_masks: 1\n  time_mask_frames: 10\n")
 
     def train(exp, steps, resume=False):
-        trainer = Trainer(load_recipe(folder, [f"train.max_steps={steps}"]), tmp_path / exp, resume=resume)
+        config = load_recipe(folder, [f"train.max_steps={steps}"])
+        trainer = Trainer(config, tmp_path / exp, *prepare(config, tmp_path / exp), resume=resume)
         trainer.run()
         return trainer
 
@@ -250,7 +255,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, l
 
 def test_decay_steps_auto_is_the_rest_of_the_run_after_warm_up():
     from asr.errors import ConfigError
-    from asr.train import decay_steps
+    from asr.optim import decay_steps
 
     train = from_dict({"train": {"decay_steps": "auto", "epochs": 42, "warmup_steps": 100}}).train
     assert decay_steps(train, 56) == 42 * 56 - 100 == 2252
@@ -267,12 +272,14 @@ def test_decay_steps_auto_is_the_rest_of_the_run_after_warm_up():
 def test_the_recipe_decay_steps_auto_gives_the_value_it_replaced(tmp_path, librispeech_root):
     """recipes/librispeech_small said decay_steps: 2252 (42 epochs of 56 steps - 100 of warm-up)."""
     from asr.config import load_recipe
+    from asr.corpora import prepare
+    from asr.optim import decay_steps
     from asr.text import Vocabulary
-    from asr.train import check_trainable, decay_steps, prepare_data
+    from asr.train import check_trainable
 
     config = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "librispeech_small", [f"data.data_dir={librispeech_root}"])
     assert config.train.decay_steps == "auto"
-    train_utts, dev_utts = prepare_data(config, tmp_path)
+    train_utts, dev_utts = prepare(config, tmp_path)
     steps_per_epoch = check_trainable(config, train_utts, dev_utts, Vocabulary(config.text.alphabet))
     assert (steps_per_epoch, decay_steps(config.train, steps_per_epoch)) == (56, 2252)
 
@@ -282,8 +289,9 @@ def test_dropout_masks_follow_the_optimizer_step():
     step runs): the same step gives the same masks, another step other masks."""
     import tensorflow as tf
 
+    from asr.optim import make_optimizer
     from asr.text import Vocabulary
-    from asr.train import Steps, build_model, make_optimizer
+    from asr.train import Steps, build_model
 
     config = from_dict({"model": {"num_layers": 1, "num_units": 8, "input_keep_prob": 0.5, "output_keep_prob": 0.5}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
     model = build_model(config, Vocabulary(config.text.alphabet))

@@ -32,8 +32,8 @@ def recognizer():
 @pytest.fixture(scope="module")
 def dev(recognizer, librispeech_root):
     """[(utterance, log-probabilities [T, V])] for PER_SPEAKER utterances of each dev speaker."""
+    from asr.corpora import prepare_librispeech
     from asr.data import read_manifest
-    from data_scripts.librispeech import prepare_librispeech
 
     with tempfile.TemporaryDirectory() as out:
         _, manifest = prepare_librispeech(librispeech_root, out, ["train-clean-5"], DEV_SPEAKERS)
