@@ -154,18 +154,10 @@ def cmd_train(args) -> int:
         overrides.append(f"data.data_dir={json.dumps(str(args.data_dir.resolve()))}")
     config = load_recipe(args.recipe_dir, overrides)
     exp_dir = Path(args.exp_dir or Path("exp") / Path(args.recipe_dir).resolve().name)
-    if config.task == "classify":
-        from asr import mnist
+    from asr.train import describe_run, run_recipe
 
-        result = mnist.train(config, exp_dir)
-        print(f"test accuracy {100 * result['test_accuracy']:.2f}% in {result['train_seconds']:.0f} s; results in {exp_dir}")
-        return 0
-    from asr.train import train
-
-    summary = train(config, exp_dir, resume=args.resume, overwrite=args.overwrite)
-    best = summary["best_dev_wer"]
-    best_text = f"best dev WER {100 * best:.2f}%" if best is not None else "no dev set"
-    print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s, {best_text}; model in {exp_dir / 'model'}")
+    summary = run_recipe(config, exp_dir, resume=args.resume, overwrite=args.overwrite)
+    print(describe_run(config, summary, exp_dir))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Training a CTC acoustic model: the training loop, checkpoints, dev evaluation."""
+"""Training a CTC acoustic model: the training loop, checkpoints, dev evaluation; run_recipe() for any task."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from asr import checkpoint, corpora, ctc, evaluate
+from asr import checkpoint, corpora, ctc, evaluate, mnist
 from asr.config import Config, to_dict
 from asr.data import Utterance, filter_utterances, make_dataset
 from asr.decode import DecodeOptions, Decoder, resolve
@@ -614,3 +614,21 @@ def train(config: Config, exp_dir: str | Path, resume: bool = False, overwrite: 
     finally:
         close_logging(handlers)
 
+
+def run_recipe(config: Config, exp_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Trains what the recipe's task names in exp_dir and returns its summary: task "ctc" with
+    train() (resume, overwrite as there), task "classify" with asr.mnist.train (which neither
+    resumes nor moves a previous run aside)."""
+    if config.task == "classify":
+        return mnist.train(config, exp_dir)
+    return train(config, exp_dir, resume=resume, overwrite=overwrite)
+
+
+def describe_run(config: Config, summary: dict, exp_dir: str | Path) -> str:
+    """One line on a finished run_recipe: what it reached and where its results are."""
+    exp_dir = Path(exp_dir)
+    if config.task == "classify":
+        return f"test accuracy {100 * summary['test_accuracy']:.2f}% in {summary['train_seconds']:.0f} s; results in {exp_dir}"
+    best = summary["best_dev_wer"]
+    best_text = f"best dev WER {100 * best:.2f}%" if best is not None else "no dev set"
+    return f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s, {best_text}; model in {exp_dir / 'model'}"
