@@ -1,0 +1,37 @@
+"""Layers that point one way: the asr library never imports the data_scripts programs built on it."""
+
+import ast
+from pathlib import Path
+
+ASR = Path(__file__).resolve().parents[1] / "asr"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an import statement in the file names, at any depth (lazy imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_asr_module_imports_data_scripts():
+    sources = sorted(ASR.rglob("*.py"))
+    assert sources
+    upward = {
+        str(path.relative_to(ASR.parent)): sorted(name for name in imported_modules(path) if name.split(".")[0] == "data_scripts")
+        for path in sources
+    }
+    assert {path: names for path, names in upward.items() if names} == {}
+
+
+def test_the_scan_sees_lazy_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from data_scripts import librispeech\n    import data_scripts.fsdd\n")
+    assert imported_modules(source) == {"data_scripts", "data_scripts.fsdd"}
+
+
+def test_mnist_takes_its_optimizer_from_asr_optim_not_the_ctc_trainer():
+    assert "asr.train" not in imported_modules(ASR / "mnist.py")
