@@ -5,9 +5,9 @@ lengths [B]) -> {"log_probs" [B, T', V], "output_lengths" [B]}` (make_forward): 
 runs it, `asr export` saves it, and the trace cache keeps it traced for the next start.
 
 - SavedModel (`asr export MODEL OUT --format saved_model`): signatures SERVING (features in) and
-  WAVEFORM (a 16 kHz mono waveform in, through a TensorFlow twin of asr.features: within
+  WAVEFORM (a mono waveform at the model's rate in, through a TensorFlow twin of asr.features: within
   WAVEFORM_TOLERANCE of it), loadable with `tf.saved_model.load` alone.
-- TFLite (`--format tflite`): OUT/model.tflite, the SERVING signature at batch 1, builtin ops only
+- TFLite (`--format tflite`): OUT/model.tflite, both signatures at batch 1, builtin ops only
   (no Flex delegate, which TensorFlow 2.20+'s pip package no longer ships: a model that needs it
   converts but cannot run in Python). The recurrent loop is traced under asr.rnn.forward_only,
   because the converter cannot lower TensorListPopBack; TensorListReserve lowers to a Fill that
@@ -106,24 +106,26 @@ def _module(model: AcousticModel, forward, waveform=None) -> tf.Module:
 # --- the waveform front end in TensorFlow ops ----------------------------------------------------
 
 
-def make_waveform_forward(forward, config: Config, stats: features.FeatureStats | None):
+def make_waveform_forward(forward, config: Config, stats: features.FeatureStats | None, batch_size: int | None = None,
+                          gain_dtype=tf.float64):
     """The tf.function log_probs_from_waveform(waveform [B, S] float32 at the model's sample rate,
     mono, in [-1, 1], zero-padded; num_samples [B] int32) -> forward's outputs, through
-    tf_features (features.compute_features and normalize in TensorFlow ops)."""
+    tf_features (features.compute_features and normalize in TensorFlow ops). B is fixed to
+    batch_size when given; gain_dtype: see tf_features."""
     signature = [
-        tf.TensorSpec([None, None], tf.float32, name="waveform"),
-        tf.TensorSpec([None], tf.int32, name="num_samples"),
+        tf.TensorSpec([batch_size, None], tf.float32, name="waveform"),
+        tf.TensorSpec([batch_size], tf.int32, name="num_samples"),
     ]
 
     @tf.function(input_signature=signature)
     def log_probs_from_waveform(waveform, num_samples):
-        feats, lengths = tf_features(waveform, num_samples, config.features, stats)
+        feats, lengths = tf_features(waveform, num_samples, config.features, stats, gain_dtype)
         return forward(feats, lengths)
 
     return log_probs_from_waveform
 
 
-def tf_features(waveform, num_samples, cfg, stats):
+def tf_features(waveform, num_samples, cfg, stats, gain_dtype=tf.float64):
     """features.features_for_model's computation from a waveform, in TensorFlow ops, batched.
 
     waveform [B, S] float32 (samples past num_samples [B] are ignored) -> (normalized features
@@ -131,11 +133,13 @@ def tf_features(waveform, num_samples, cfg, stats):
     constants (features.analysis) and steps: gain to TARGET_RMS_DBFS, centred zero-padded frames,
     Hann window, power spectrum, mel filterbank, dB floored at AMIN and clipped TOP_DB below the
     utterance's maximum, DCT, Savitzky-Golay deltas with the edge frames repeated, normalization.
+    gain_dtype: of the mean square that sets the gain, float64 as NumPy computes it, or float32
+    where float64 ops are missing (TFLite); the features differ by float32 rounding either way.
     """
     a = features.analysis(cfg)
     audio = waveform * tf.sequence_mask(num_samples, tf.shape(waveform)[1], dtype=tf.float32)
     if cfg.gain_normalization == "rms":
-        audio = _normalize_gain(audio, num_samples)
+        audio = _normalize_gain(audio, num_samples, gain_dtype)
     padded = tf.pad(audio, [[0, 0], [a.n_fft // 2, a.n_fft // 2]])
     frames = tf.signal.frame(padded, a.n_fft, a.hop)  # [B, 1 + S // hop, n_fft]
     spectrum = tf.signal.rfft(frames * a.window.astype(np.float32), fft_length=[a.n_fft])
@@ -149,15 +153,16 @@ def tf_features(waveform, num_samples, cfg, stats):
     feats = tf.tensordot(log_mel, tf.constant(a.dct.T), axes=1)  # [B, T, n_mfcc]
     if cfg.deltas:
         feats = tf.concat([feats] + [_delta(feats, lengths, k) for k in a.delta_kernels], axis=-1)
-    feats = _normalize(feats, valid, cfg, stats)
-    return tf.where(valid, feats, 0.0), lengths
+    feats = tf.where(valid, _normalize(feats, valid, cfg, stats), 0.0)
+    feats.set_shape([waveform.shape[0], None, cfg.num_features])  # a static batch size stays known (TFLite needs it)
+    return feats, lengths
 
 
-def _normalize_gain(audio, num_samples):
+def _normalize_gain(audio, num_samples, dtype):
     """features.normalize_gain on a batch: each row scaled to TARGET_RMS_DBFS over its own samples
-    (mean square in float64, as NumPy), rows quieter than RMS_FLOOR left as they are."""
-    count = tf.cast(tf.maximum(num_samples, 1), tf.float64)
-    rms = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(audio, tf.float64)), axis=1) / count)
+    (mean square in dtype), rows quieter than RMS_FLOOR left as they are."""
+    count = tf.cast(tf.maximum(num_samples, 1), dtype)
+    rms = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(audio, dtype)), axis=1) / count)
     target = 10.0 ** (features.TARGET_RMS_DBFS / 20.0)
     gain = tf.where(rms < features.RMS_FLOOR, tf.ones_like(rms), target / tf.maximum(rms, features.RMS_FLOOR))
     return audio * tf.cast(gain, tf.float32)[:, tf.newaxis]
@@ -210,19 +215,25 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "saved_model") -> 
             tf.saved_model.save(module, str(tmp), signatures={SERVING: forward, WAVEFORM: waveform})
             signatures = [SERVING, WAVEFORM]
         else:
-            (tmp / TFLITE_FILE).write_bytes(tflite_model(model, num_features))
-            signatures = [SERVING]
+            (tmp / TFLITE_FILE).write_bytes(tflite_model(model, config, stats))
+            signatures = [SERVING, WAVEFORM]
         info = export_info(config, vocab, stats, fmt, signatures)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return out
 
 
-def tflite_model(model: AcousticModel, num_features: int) -> bytes:
-    """The SERVING function at batch 1 as a TFLite flatbuffer of builtin ops."""
+def tflite_model(model: AcousticModel, config: Config, stats: features.FeatureStats | None) -> bytes:
+    """The SERVING and WAVEFORM functions at batch 1 as a TFLite flatbuffer of builtin ops.
+
+    Each signature traces its own copy of the forward function (the converter fails to lower the
+    loop's TensorLists in a function that two signatures call; the weights are stored once), and
+    the waveform's gain is computed in float32 (TFLite has no float64 ops)."""
+    num_features = config.features.num_features
     forward = make_forward(model, num_features, batch_size=1)
+    waveform = make_waveform_forward(make_forward(model, num_features, batch_size=1), config, stats, batch_size=1, gain_dtype=tf.float32)
     with tempfile.TemporaryDirectory(prefix="asr-tflite-") as folder:
-        tf.saved_model.save(_module(model, forward), folder, signatures={SERVING: forward})
-        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SERVING])
+        tf.saved_model.save(_module(model, forward, waveform), folder, signatures={SERVING: forward, WAVEFORM: waveform})
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SERVING, WAVEFORM])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()
 
@@ -233,7 +244,7 @@ def export_info(config: Config, vocab, stats, fmt: str, signatures: list[str]) -
     batch = "1" if fmt == "tflite" else "B"
     io = {
         SERVING: {"inputs": {"features": f"float32 [{batch}, T, {cfg.num_features}]", "lengths": f"int32 [{batch}]"}},
-        WAVEFORM: {"inputs": {"waveform": f"float32 [B, S] mono at {cfg.sample_rate} Hz", "num_samples": "int32 [B]"}},
+        WAVEFORM: {"inputs": {"waveform": f"float32 [{batch}, S] mono at {cfg.sample_rate} Hz", "num_samples": f"int32 [{batch}]"}},
     }
     outputs = {"log_probs": f"float32 [{batch}, T', {vocab.size}]", "output_lengths": f"int32 [{batch}]"}
     return {

@@ -26,7 +26,8 @@ from conftest import REPO
 MODEL = REPO / "recipes" / "librispeech_small" / "model"
 DEV_FILES = ("669/129074/669-129074-0004.flac", "7312/92432/7312-92432-0000.flac", "32/21631/32-21631-0000.flac")
 # max |log-probability difference| against the Keras model (measured on DEV_FILES: SavedModel 0.0,
-# the same graph; TFLite 1.5e-5, its own float32 kernels; waveform 9.5e-6, see WAVEFORM_TOLERANCE)
+# the same graph; TFLite 1.5e-5, its own float32 kernels; the waveform signatures 9.5e-6 (SavedModel)
+# and 1.7e-5 (TFLite) against asr.features + the Keras model, see WAVEFORM_TOLERANCE)
 SAVED_MODEL_TOLERANCE = 1e-4
 TFLITE_TOLERANCE = 1e-4
 
@@ -54,12 +55,16 @@ RUNNER = textwrap.dedent(r'''
         result["wave_log_probs"], result["wave_output_lengths"] = out["log_probs"].numpy(), out["output_lengths"].numpy()
         texts = [greedy(lp[:n]) for lp, n in zip(result["log_probs"], result["output_lengths"])]
     else:
-        runner = tf.lite.Interpreter(model_path=f"{folder}/model.tflite").get_signature_runner("serving_default")
+        interpreter = tf.lite.Interpreter(model_path=f"{folder}/model.tflite")
+        runner, wave_runner = interpreter.get_signature_runner("serving_default"), interpreter.get_signature_runner("waveform")
         texts = []
         for i, n in enumerate(data["lengths"]):  # batch 1: one utterance at a time, unpadded
             out = runner(features=data["features"][i : i + 1, :n], lengths=data["lengths"][i : i + 1])
             result[f"log_probs_{i}"] = out["log_probs"][0]
             texts.append(greedy(out["log_probs"][0][: out["output_lengths"][0]]))
+            samples = data["num_samples"][i : i + 1]
+            out = wave_runner(waveform=data["waveform"][i : i + 1, : samples[0]], num_samples=samples)
+            result[f"wave_log_probs_{i}"] = out["log_probs"][0]
     result["texts"] = np.array(texts)
     result["asr_modules"] = np.array([m for m in sys.modules if m == "asr" or m.startswith("asr.")], dtype=str)
     np.savez(outputs, **result)
@@ -140,6 +145,10 @@ def test_tflite_runs_without_asr_and_matches_keras(dev_batch, tmp_path):
     diff = max_diff(ours, dev_batch["log_probs"], dev_batch["output_lengths"])
     assert diff <= TFLITE_TOLERANCE, diff
     assert list(result["texts"]) == dev_batch["texts"]
+    from_waveform = [result[f"wave_log_probs_{i}"] for i in range(len(DEV_FILES))]
+    assert [len(o) for o in from_waveform] == list(dev_batch["output_lengths"])
+    diff = max_diff(from_waveform, dev_batch["log_probs"], dev_batch["output_lengths"])
+    assert diff <= WAVEFORM_TOLERANCE, diff
 
 
 def test_info_file_has_what_a_user_needs(saved_model):
@@ -192,7 +201,7 @@ def test_every_cell_exports_to_tflite_and_saved_model(tmp_path, cell, bidirectio
     x = np.random.RandomState(0).randn(1, 23, 4).astype(np.float32)
     reference = make_forward(model, 4)(tf.constant(x), tf.constant([23]))["log_probs"].numpy()
     export(tmp_path / "model", tmp_path / "tflite", "tflite")
-    runner = tf.lite.Interpreter(model_path=str(tmp_path / "tflite" / TFLITE_FILE)).get_signature_runner()
+    runner = tf.lite.Interpreter(model_path=str(tmp_path / "tflite" / TFLITE_FILE)).get_signature_runner("serving_default")
     np.testing.assert_allclose(runner(features=x, lengths=np.array([23], np.int32))["log_probs"], reference, atol=1e-5)
     export(tmp_path / "model", tmp_path / "saved_model", "saved_model")
     loaded = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
