@@ -36,7 +36,8 @@ class StockModel(keras.Model):
         ]
         self.projection = keras.layers.Dense(vocab_size)
 
-    def call(self, features, feature_lengths, training=False):
+    def call(self, features, feature_lengths, training=False, dropout_seed=None):
+        """dropout_seed: taken for the trainer's call signature; the stock model has no dropout."""
         x = stack_frames(features, feature_lengths, self.cfg.frame_stack, self.cfg.frame_stride)
         lengths = output_lengths(feature_lengths, self.cfg.frame_stride)
         mask = tf.sequence_mask(lengths, tf.shape(x)[1])
