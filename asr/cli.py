@@ -1,4 +1,4 @@
-"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate, average, lm)."""
+"""The `asr` command line: parses arguments and calls the library (train, transcribe, evaluate, average, export, lm)."""
 
 from __future__ import annotations
 

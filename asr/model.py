@@ -58,7 +58,8 @@ class AcousticModel(keras.Model):
     """MFCC frames [B, T, F] + lengths [B] -> logits [B, T', V] + output lengths [B].
 
     V is the vocabulary size including the CTC blank (index 0). T' = ceil(T / frame_stride);
-    logits past an utterance's output length are zero and carry no meaning.
+    logits past an utterance's output length are the projection's bias (the recurrent outputs
+    there are zero) and carry no meaning: every consumer reads them with the lengths.
 
     precision (train.precision): "float32", or a mixed policy under which the recurrent layers'
     matmuls run in bfloat16/float16 while every weight stays float32 (so a model directory holds
