@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="asr", description="Train, run and evaluate CTC speech recognizers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,transcribe,evaluate,export,average,lm}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,check-data,transcribe,evaluate,export,average,lm}")
 
     p = sub.add_parser("train", help="train the model of a recipe (a folder with config.yaml)")
     p.add_argument("recipe_dir", help="recipe folder, e.g. recipes/librispeech_small or recipes/mnist")
@@ -37,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the experiment folder")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an experiment folder that holds another run, moving that run into <exp-dir>/previous-<time>/")
+
+    p = sub.add_parser("check-data", help="report what in manifests training would skip or trip on (exit 1 when anything is found)")
+    p.add_argument("manifests", nargs="+", help='JSONL manifests: {"audio_filepath", "duration", "text"} per line')
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--recipe", type=_existing_dir, help="check against this recipe's config (alphabet, max_duration, frame rate)")
+    which.add_argument("--model", type=_existing_dir, help="check against a trained model's config instead")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value of the recipe (or of the defaults), e.g. --set data.max_duration=15")
+    p.add_argument("--json-out", type=Path, default=None,
+                   help="where the JSON report goes (default: check-data-<first manifest name>.json in the current folder)")
 
     p = sub.add_parser("transcribe", help="print the transcript of audio files, or write subtitles and word timings")
     p.add_argument("model_dir", help="a model directory (config.json, vocab.json, stats.json, weights.npz)")
@@ -159,6 +169,37 @@ def cmd_train(args) -> int:
     summary = run_recipe(config, exp_dir, resume=args.resume, overwrite=args.overwrite)
     print(describe_run(config, summary, exp_dir))
     return 0
+
+
+def cmd_check_data(args) -> int:
+    from asr.checkdata import check_data, summary_text
+    from asr.config import Config, _merge, from_dict, load_recipe, parse_overrides, to_dict
+    from asr.errors import ConfigError
+    from asr.io import atomic_write_text
+    from asr.text import Vocabulary
+
+    out = args.json_out or Path(f"check-data-{Path(args.manifests[0]).stem}.json")
+    if not out.parent.resolve().is_dir() or out.is_dir():
+        raise ConfigError(f"--json-out {out}: " + ("is a folder" if out.is_dir() else f"no such folder {out.parent}"))
+    if args.model:
+        if args.overrides:
+            raise ConfigError("--set applies to --recipe or the defaults, not to --model")
+        from asr.checkpoint import read_model_meta
+
+        config, vocab, _ = read_model_meta(args.model)
+        source = f"model {args.model}"
+    else:
+        if args.recipe:
+            config, source = load_recipe(args.recipe, args.overrides), f"recipe {args.recipe}"
+        else:
+            config = from_dict(_merge(to_dict(Config()), parse_overrides(args.overrides)), where="--set")
+            source = "defaults"
+        vocab = Vocabulary(config.text.alphabet)
+    report = check_data(args.manifests, config, vocab, source=source)
+    print(summary_text(report))
+    atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"report written to {out}")
+    return 0 if report["ok"] else 1
 
 
 def _recognizer(args):
@@ -303,7 +344,7 @@ def cmd_average(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "export": cmd_export, "average": cmd_average, "lm": cmd_lm}
+COMMANDS = {"train": cmd_train, "check-data": cmd_check_data, "transcribe": cmd_transcribe, "evaluate": cmd_evaluate, "export": cmd_export, "average": cmd_average, "lm": cmd_lm}
 
 
 def _import_tensorflow_quietly() -> None:

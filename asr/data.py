@@ -62,7 +62,27 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     return utterances
 
 
-def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
+def read_manifest_lenient(path: str | Path) -> tuple[list[tuple[int, Utterance]], list[dict]]:
+    """read_manifest for `asr check-data`: collects problems instead of stopping at the first.
+
+    Returns ([(line number, utterance)] of the well-formed lines, audio files not checked, repeated
+    ids kept) and problems [{"line", "kind": "bad_line", "reason"}]. A manifest that is missing,
+    unreadable or not UTF-8 still raises DataError.
+    """
+    path = Path(path)
+    lines = read_text(path, "manifest", missing="check the path").splitlines()
+    entries, problems = [], []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append((lineno, _parse_line(line, path, lineno, check_audio=False)))
+        except DataError as exc:
+            problems.append(dict(line=lineno, kind="bad_line", reason=str(exc)))
+    return entries, problems
+
+
+def _parse_line(line: str, path: Path, lineno: int, check_audio: bool = True) -> Utterance:
     where = f"{path}:{lineno}"
     try:
         entry = json.loads(line)
@@ -81,7 +101,7 @@ def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
     if not isinstance(text, str):
         raise DataError(f"{where}: text must be a string, got {text!r}")
     audio_path = (path.parent / audio).resolve() if not Path(audio).is_absolute() else Path(audio)
-    if not audio_path.is_file():
+    if check_audio and not audio_path.is_file():
         raise DataError(f"{where}: audio file {audio_path} " + ("is a folder" if audio_path.is_dir() else "does not exist"))
     speaker = entry.get("speaker")
     return Utterance(
@@ -115,6 +135,52 @@ def ctc_min_length(labels: Sequence[int]) -> int:
     return len(labels) + repeats
 
 
+def check_utterances(
+    utterances: Sequence[Utterance],
+    vocab: Vocabulary,
+    feature_cfg: FeatureConfig,
+    output_length_fn: Callable[[int], int] | None = None,
+    max_duration: float | None = None,
+    fastest: float = 1.0,
+) -> tuple[list[tuple[Utterance, list[int]]], list[dict]]:
+    """The checks that decide what training keeps (one code path for training and `asr check-data`).
+
+    Returns ([(utterance, label ids)] kept, problems): one dict per skipped utterance with "id",
+    "kind" ("too_long", "oov_chars" or "too_short_for_ctc"), "reason" (one line) and the numbers
+    behind it: duration and max_duration (s); chars (sorted); output steps, steps needed and the
+    shortfall in output steps and in feature frames. Durations are the manifest's, frames are
+    estimated from them, played at the fastest speed perturbation. output_length_fn None: one
+    output step per feature frame.
+    """
+    kept, problems = [], []
+    for utt in utterances:
+        if max_duration is not None and utt.duration > max_duration:
+            problems.append(dict(id=utt.id, kind="too_long", duration=utt.duration, max_duration=max_duration,
+                                 reason=f"longer than max_duration ({utt.duration:.2f} s > {max_duration:g} s)"))
+            continue
+        oov = vocab.oov_chars(utt.text)
+        if oov:
+            chars = sorted(oov)
+            problems.append(dict(id=utt.id, kind="oov_chars", chars=chars,
+                                 reason=f"characters outside the vocabulary: {', '.join(repr(c) for c in chars)}"))
+            continue
+        labels = vocab.encode(utt.text)
+        frames = frames_for_duration(utt.duration / fastest, feature_cfg)
+        steps = output_length_fn(frames) if output_length_fn else frames
+        needed = ctc_min_length(labels)
+        if steps < needed:
+            frames_needed = frames + 1
+            while (output_length_fn(frames_needed) if output_length_fn else frames_needed) < needed:
+                frames_needed += 1  # output lengths grow by one every stride frames: a short walk
+            problems.append(dict(id=utt.id, kind="too_short_for_ctc", steps=int(steps), needed=int(needed),
+                                 shortfall_steps=int(needed - steps), shortfall_frames=int(frames_needed - frames),
+                                 reason=f"too short for CTC ({steps} output steps < {needed} = labels + repeats; "
+                                        f"{needed - steps} steps, {frames_needed - frames} feature frames short)"))
+            continue
+        kept.append((utt, labels))
+    return kept, problems
+
+
 def filter_utterances(
     utterances: Sequence[Utterance],
     vocab: Vocabulary,
@@ -126,28 +192,11 @@ def filter_utterances(
     """Keeps what can be trained on; returns ([(utterance, label ids)], skipped [(id, reason)]).
 
     Skipped: longer than max_duration (s); characters outside the vocabulary; too few output steps
-    for CTC (output_length_fn(frames) < labels + adjacent repeats, frames estimated from the
-    manifest duration, played at the fastest speed perturbation). output_length_fn None: one
-    output step per feature frame.
+    for CTC (output_length_fn(frames) < labels + adjacent repeats). check_utterances does the
+    checks (and gives the numbers behind each reason).
     """
-    kept, skipped = [], []
-    for utt in utterances:
-        if max_duration is not None and utt.duration > max_duration:
-            skipped.append((utt.id, f"longer than max_duration ({utt.duration:.2f} s > {max_duration:g} s)"))
-            continue
-        oov = vocab.oov_chars(utt.text)
-        if oov:
-            skipped.append((utt.id, f"characters outside the vocabulary: {', '.join(repr(c) for c in sorted(oov))}"))
-            continue
-        labels = vocab.encode(utt.text)
-        frames = frames_for_duration(utt.duration / fastest, feature_cfg)
-        steps = output_length_fn(frames) if output_length_fn else frames
-        needed = ctc_min_length(labels)
-        if steps < needed:
-            skipped.append((utt.id, f"too short for CTC ({steps} output steps < {needed} = labels + repeats)"))
-            continue
-        kept.append((utt, labels))
-    return kept, skipped
+    kept, problems = check_utterances(utterances, vocab, feature_cfg, output_length_fn, max_duration, fastest)
+    return kept, [(p["id"], p["reason"]) for p in problems]
 
 
 def plan_batches(durations: Sequence[float], batch_size: int, bucket_width: float, training: bool, seed: int = 0, epoch: int = 0) -> list[list[int]]:

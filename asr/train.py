@@ -64,18 +64,30 @@ FILTER_HINTS = {  # what to change when filter_utterances drops every utterance 
 }
 
 
+CHECK_DATA_HINT = "asr check-data MANIFEST --recipe RECIPE_DIR lists every skipped utterance and why"
+
+
+def filter_options(config: Config, training: bool = True) -> dict:
+    """The keyword arguments of filter_utterances / check_utterances that training uses for a
+    config: the same for the training loop, check_trainable and `asr check-data`."""
+    return dict(
+        feature_cfg=config.features,
+        output_length_fn=lambda frames: output_lengths(frames, config.model.frame_stride),
+        max_duration=config.data.max_duration if training else None,
+        fastest=max(config.augment.speeds) if training and config.augment.active else 1.0,
+    )
+
+
 def check_trainable(config: Config, train_utts, dev_utts, vocab: Vocabulary) -> int:
     """The number of training batches in an epoch; DataError saying why, when the data filters
     (make_dataset's) leave nothing to train on or no dev utterance to score, rather than training
     0 steps and saving an untrained model."""
-    fastest = max(config.augment.speeds) if config.augment.active else 1.0
-    out_lengths = lambda frames: output_lengths(frames, config.model.frame_stride)  # noqa: E731
-    kept, skipped = filter_utterances(train_utts, vocab, config.features, out_lengths, config.data.max_duration, fastest)
+    kept, skipped = filter_utterances(train_utts, vocab, **filter_options(config, training=True))
     if not kept:
         raise DataError(f"nothing to train on: {_why_filtered(len(train_utts), skipped)}")
     steps_per_epoch = math.ceil(len(kept) / config.data.batch_size)  # as plan_batches cuts them
     if dev_utts:
-        kept, skipped = filter_utterances(dev_utts, vocab, config.features, out_lengths)
+        kept, skipped = filter_utterances(dev_utts, vocab, **filter_options(config, training=False))
         if not kept:
             raise DataError(f"no dev utterance can be scored: {_why_filtered(len(dev_utts), skipped)}")
     return steps_per_epoch
@@ -85,7 +97,7 @@ def _why_filtered(total: int, skipped) -> str:
     kinds = collections.Counter(reason.split(" (")[0].split(":")[0] for _, reason in skipped)
     parts = [f"{n} {kind}" + (f" ({FILTER_HINTS[kind]})" if kind in FILTER_HINTS else "") for kind, n in kinds.most_common()]
     example = skipped[0] if skipped else ("", "")
-    return f"all {total} utterances were filtered out: {'; '.join(parts)}; e.g. {example[0]}: {example[1]}"
+    return f"all {total} utterances were filtered out: {'; '.join(parts)}; e.g. {example[0]}: {example[1]} ({CHECK_DATA_HINT})"
 
 
 def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int = 0, start_batch: int = 0):
@@ -407,7 +419,7 @@ class Trainer:
         start = self.state.batch_in_epoch
         dataset, skipped = build_dataset(self.config, self.train_utts, self.vocab, self.stats, True, self.state.epoch, start)
         if start == 0 and skipped:
-            log.info("epoch %d: %d utterances filtered out: %s", self.state.epoch + 1, len(skipped), format_skipped(skipped))
+            log.info("epoch %d: %d utterances filtered out: %s (%s)", self.state.epoch + 1, len(skipped), format_skipped(skipped), CHECK_DATA_HINT)
         total = start + int(dataset.cardinality())
         dist = self.strategy.experimental_distribute_dataset(dataset)
         waited, tick = 0.0, time.time()

@@ -233,7 +233,7 @@ def test_good_arguments_get_to_work(good, no_long_work, tmp_path, command):
 
 M, J = str(MODEL), "m.jsonl"
 USAGE_MISTAKES = {
-    "no command": ([], "{train,transcribe,evaluate,export,average,lm}"),
+    "no command": ([], "{train,check-data,transcribe,evaluate,export,average,lm}"),
     "unknown command": (["bogus"], "bogus"),
     "train without recipe": (["train"], "recipe_dir"),
     "train unknown option": (["train", "r", "--epochs", "3"], "--epochs"),
