@@ -173,7 +173,7 @@ def cmd_train(args) -> int:
 
 def cmd_check_data(args) -> int:
     from asr.checkdata import check_data, summary_text
-    from asr.config import Config, _merge, from_dict, load_recipe, parse_overrides, to_dict
+    from asr.config import load_recipe, with_overrides
     from asr.errors import ConfigError
     from asr.io import atomic_write_text
     from asr.text import Vocabulary
@@ -192,7 +192,7 @@ def cmd_check_data(args) -> int:
         if args.recipe:
             config, source = load_recipe(args.recipe, args.overrides), f"recipe {args.recipe}"
         else:
-            config = from_dict(_merge(to_dict(Config()), parse_overrides(args.overrides)), where="--set")
+            config = with_overrides({}, args.overrides, "--set")
             source = "defaults"
         vocab = Vocabulary(config.text.alphabet)
     report = check_data(args.manifests, config, vocab, source=source)
@@ -350,18 +350,13 @@ COMMANDS = {"train": cmd_train, "check-data": cmd_check_data, "transcribe": cmd_
 def _import_tensorflow_quietly() -> None:
     """Imports TensorFlow with file descriptor 2 closed off: its C++ start-up lines (oneDNN, CUDA
     probing) are printed before any logging setting can apply, and a CPU user needs none of them."""
+    from asr.io import quiet_stderr
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    with quiet_stderr():
         import tensorflow
 
         tensorflow.config.list_logical_devices()  # device start-up, where CUDA probing complains
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _start_quickly() -> None:

@@ -316,6 +316,11 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def with_overrides(data: dict, overrides, where: str) -> Config:
+    """A validated Config from a config dict (a recipe's YAML, or {} for the defaults) and --set overrides."""
+    return from_dict(_merge(data, parse_overrides(list(overrides))), where=where)
+
+
 def load_recipe(recipe_dir: str | Path, overrides: list[str] = ()) -> Config:
     """Reads RECIPE_DIR/config.yaml, applies --set overrides and validates the result."""
     path = Path(recipe_dir) / "config.yaml"
@@ -331,7 +336,7 @@ def load_recipe(recipe_dir: str | Path, overrides: list[str] = ()) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return from_dict(_merge(data, parse_overrides(list(overrides))), where=str(path))
+        return with_overrides(data, overrides, str(path))
     except ConfigError as exc:
         raise ConfigError(f"{_culprit(data, overrides, path)}: {exc}") from None
 

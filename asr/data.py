@@ -152,6 +152,7 @@ def check_utterances(
     estimated from them, played at the fastest speed perturbation. output_length_fn None: one
     output step per feature frame.
     """
+    steps_of = output_length_fn or (lambda frames: frames)
     kept, problems = [], []
     for utt in utterances:
         if max_duration is not None and utt.duration > max_duration:
@@ -166,11 +167,11 @@ def check_utterances(
             continue
         labels = vocab.encode(utt.text)
         frames = frames_for_duration(utt.duration / fastest, feature_cfg)
-        steps = output_length_fn(frames) if output_length_fn else frames
+        steps = steps_of(frames)
         needed = ctc_min_length(labels)
         if steps < needed:
             frames_needed = frames + 1
-            while (output_length_fn(frames_needed) if output_length_fn else frames_needed) < needed:
+            while steps_of(frames_needed) < needed:
                 frames_needed += 1  # output lengths grow by one every stride frames: a short walk
             problems.append(dict(id=utt.id, kind="too_short_for_ctc", steps=int(steps), needed=int(needed),
                                  shortfall_steps=int(needed - steps), shortfall_frames=int(frames_needed - frames),

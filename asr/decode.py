@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import numpy as np
 from asr import ctc
 from asr.config import MAX_BEAM_WIDTH
 from asr.errors import ConfigError, DataError
-from asr.io import atomic_write_text, check_output_dir, read_text
+from asr.io import atomic_write_text, check_output_dir, quiet_stderr, read_text
 from asr.lm import ARPA_FILE, INFO_FILE, TUNED_FILE, WORDS_FILE, outside_alphabet
 from asr.text import Vocabulary
 
@@ -239,21 +236,6 @@ def _word_decoder(vocab: Vocabulary, settings: Settings):
         raise DataError(f"{settings.lm.arpa}: KenLM cannot load it ({reason}); rebuild it with asr lm build") from None
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Points file descriptor 2 at /dev/null for the block: C++ libraries (TensorFlow's start-up,
-    KenLM's loading bar) write there directly, where no Python logging setting reaches."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 TUNE_LM_WEIGHTS = (0.3, 0.5, 0.7, 0.9, 1.2)  # asr lm tune's default grid of alpha ...
 TUNE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0, 3.0)  # ... and of beta
 
@@ -273,16 +255,14 @@ def tune(vocab: Vocabulary, posteriors: list[np.ndarray], references: list[str],
     # The grid's own choices, not an earlier tuning's: lexicon unless told otherwise, the default beam.
     base = dataclasses.replace(options, lm_weight=None, word_score=None, lexicon=options.lexicon is not False,
                                beam_width=options.beam_width or DEFAULT_LM_BEAM)
-    grid = []
+    resolved, grid = resolve(base, 1), []
     for alpha in lm_weights:
         for beta in word_scores:
-            settings = dataclasses.replace(resolve(base, 1), lm_weight=float(alpha), word_score=float(beta))
-            decoder = Decoder(vocab, settings)
+            decoder = Decoder(vocab, dataclasses.replace(resolved, lm_weight=float(alpha), word_score=float(beta)))
             hyps = [decoder.decode_one(lp) for lp in posteriors]
             rates = error_rates(references, hyps)
             grid.append({"lm_weight": float(alpha), "word_score": float(beta), "wer": rates["wer"], "cer": rates["cer"]})
             if progress is not None:
                 progress(grid[-1])
     best = min(grid, key=lambda g: (g["wer"], g["cer"]))
-    settings = resolve(base, 1)
-    return {"best": {**best, "beam_width": settings.beam_width, "lexicon": settings.lexicon}, "grid": grid}
+    return {"best": {**best, "beam_width": resolved.beam_width, "lexicon": resolved.lexicon}, "grid": grid}

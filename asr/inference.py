@@ -114,19 +114,22 @@ class Recognizer:
     def _transcribe_pooled(self, paths: list[str], words: bool, skip_errors: bool, bar) -> Iterator[Transcript]:
         files = [_FileResult(path) for path in paths]
         pool: list[_Pending] = []
+        pooled = 0  # feature frames in the pool
         done = 0  # files yielded so far
         for index, path in enumerate(paths):
             try:
                 for piece in split_at_pauses(stream_audio(path, self.config.features.sample_rate), self.config.features.sample_rate):
                     pool.append(self._segment(index, piece))
-                    if sum(len(s.features) for s in pool) >= POOL_FRAMES:
+                    pooled += len(pool[-1].features)
+                    if pooled >= POOL_FRAMES:
                         self._decode_pool(pool, files, words, bar)
-                        pool = []
+                        pool, pooled = [], 0
             except AudioError as exc:
                 if not skip_errors:
                     raise
                 files[index].error = str(exc)
                 pool = [s for s in pool if s.file != index]
+                pooled = sum(len(s.features) for s in pool)
                 if bar.total:  # what the bar expected of the file will not come
                     bar.total = max(bar.n, bar.total - _header_seconds(path) + files[index].duration)
                     bar.refresh()

@@ -1,4 +1,4 @@
-"""Atomic writes of files and folders (one way, same permissions), SHA-256 checksums, checked reads and output paths.
+"""Atomic writes of files and folders (one way, same permissions), SHA-256 checksums, checked reads and output paths, a quiet stderr.
 
 Everything the project writes goes through a temporary name in the destination's folder and
 os.replace, so a reader (or a run resumed after kill -9) sees either the old content or the new
@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -226,3 +227,18 @@ def verify_file(path: str | Path, expected: str, record: str) -> None:
         raise DataError(f"{path}: missing (listed in {record})")
     if sha256_file(path) != expected:
         raise DataError(f"{path}: damaged (its SHA-256 differs from the one {record} recorded when it was written)")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Points file descriptor 2 at /dev/null for the block: C++ libraries (TensorFlow's start-up,
+    KenLM's loading bar) write there directly, where no Python logging setting reaches."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
