@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("manifest", help='JSONL manifest: {"audio_filepath", "duration", "text"} per line')
     p.add_argument("--report-dir", help="where report.md/.json/.html go (default: <model_dir>/../reports/<manifest name>)")
+    p.add_argument("--embed-audio", action="store_true",
+                   help="put the audio files into report.html (base64, about 1.6 MB per minute of 16 kHz FLAC) so that "
+                        "it plays on another machine; by default its players point at the files")
     _decoding_arguments(p)
     _quiet_argument(p)
 
@@ -273,7 +276,8 @@ def cmd_evaluate(args) -> int:
     decoding = {**recognizer.decoder.settings.describe(), **_oov(recognizer, results)}
     command = "asr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     paths = evaluate.write_report(report, report_dir, command=command, model_dir=str(args.model_dir),
-                                  manifest=str(args.manifest), decoding=decoding, skipped=skipped)
+                                  manifest=str(args.manifest), decoding=decoding, skipped=skipped,
+                                  embed_audio=args.embed_audio)
     print(f"{evaluate.summary_line(report)}; report in {Path(paths['markdown']).parent}")
     return 0 if not skipped else 1
 

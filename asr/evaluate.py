@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import html
 import json
 import re
 from pathlib import Path
@@ -21,7 +20,8 @@ TOP_CONFUSIONS = 20  # most frequent substitutions, deletions and insertions lis
 
 def utterance_result(utt, hypothesis: str) -> dict:
     """One decoded utterance (an asr.data.Utterance and its hypothesis) as build_report takes it."""
-    return dict(id=utt.id, reference=utt.text, hypothesis=hypothesis, speaker=utt.speaker, duration=utt.duration)
+    return dict(id=utt.id, reference=utt.text, hypothesis=hypothesis, speaker=utt.speaker, duration=utt.duration,
+                audio_filepath=str(utt.audio_filepath))
 
 
 def error_rates(references: list[str], hypotheses: list[str]) -> dict:
@@ -84,7 +84,8 @@ def _sum_counts(rows: list[dict]) -> dict:
 def build_report(results: list[dict]) -> dict:
     """A JSON-safe report of decoded utterances.
 
-    results: [{id, reference, hypothesis, speaker (optional), duration (optional, seconds)}].
+    results: [{id, reference, hypothesis, speaker (optional), duration (optional, seconds),
+    audio_filepath (optional: the report page plays it)}].
     Returns {summary, speakers, confusions, utterances}: corpus WER/CER with counts; per speaker
     (where given), worst first; the TOP_CONFUSIONS commonest substitutions, deletions and
     insertions; every utterance with its rates and word alignment, worst first.
@@ -123,9 +124,9 @@ def _utterance(result: dict, refs: list[str], hyps: list[str], word_chunks, char
         **_chunk_char_counts(char_chunks),
     }
     entry = {"id": str(result["id"]), "reference": " ".join(refs), "hypothesis": " ".join(hyps)}
-    for key in ("speaker", "duration"):
+    for key in ("speaker", "duration", "audio_filepath"):
         if result.get(key) is not None:
-            entry[key] = str(result[key]) if key == "speaker" else float(result[key])
+            entry[key] = float(result[key]) if key == "duration" else str(result[key])
     return {**entry, **_rates(counts), "alignment": _alignment_text(ops), "ops": ops}
 
 
@@ -226,15 +227,18 @@ def check_report_dir(report_dir) -> None:
 
 
 def write_report(report: dict, report_dir, command: str, model_dir: str, manifest: str,
-                 decoding: dict | None = None, skipped: list[dict] | None = None) -> dict:
+                 decoding: dict | None = None, skipped: list[dict] | None = None, embed_audio: bool = False) -> dict:
     """Writes report.md, report.json and report.html into report_dir (created if needed).
 
     decoding: the decoder and its settings (decoder, beam_width, lm_dir, lm_weight, word_score,
     lexicon, oov_rate: asr.decode.Settings.describe() and the references' OOV rate);
-    skipped: utterances that could not be read ({"id", "audio_filepath", "error"}).
+    skipped: utterances that could not be read ({"id", "audio_filepath", "error"});
+    embed_audio: report.html carries the utterances' audio files instead of pointing at them.
     Each file is written to a temporary name and renamed, so a reader never sees half a file.
     Returns {"markdown": Path, "json": Path, "html": Path}.
     """
+    from asr.html_report import render_html  # it imports this module's table helpers
+
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -247,7 +251,7 @@ def write_report(report: dict, report_dir, command: str, model_dir: str, manifes
     texts = {
         "markdown": ("report.md", render_markdown(full)),
         "json": ("report.json", json.dumps(full, indent=1, ensure_ascii=False) + "\n"),
-        "html": ("report.html", render_html(full)),
+        "html": ("report.html", render_html(full, embed_audio=embed_audio)),
     }
     paths = {}
     for kind, (name, text) in texts.items():
@@ -256,14 +260,14 @@ def write_report(report: dict, report_dir, command: str, model_dir: str, manifes
     return paths
 
 
-def _percent(rate: float) -> str:
+def percent(rate: float) -> str:
     return f"{rate:.2%}"
 
 
 def _summary_rows(summary: dict) -> list[tuple[str, str]]:
     rows = [
-        ("WER", _percent(summary["wer"])),
-        ("CER", _percent(summary["cer"])),
+        ("WER", percent(summary["wer"])),
+        ("CER", percent(summary["cer"])),
         ("substitutions", str(summary["substitutions"])),
         ("deletions", str(summary["deletions"])),
         ("insertions", str(summary["insertions"])),
@@ -279,19 +283,19 @@ SPEAKER_COLUMNS = ("speaker", "utterances", "words", "WER", "CER", "S", "D", "I"
 SKIPPED_COLUMNS = ("id", "audio file", "why")
 
 
-def _decoding_rows(decoding: dict) -> list[tuple[str, str]]:
+def decoding_rows(decoding: dict) -> list[tuple[str, str]]:
     """The decoder's settings as (name, value) rows; rates as percentages."""
-    return [(key.replace("_", " "), _percent(v) if key.endswith("_rate") else str(v)) for key, v in decoding.items()]
+    return [(key.replace("_", " "), percent(v) if key.endswith("_rate") else str(v)) for key, v in decoding.items()]
 
 
-def _speaker_cells(row: dict) -> list[str]:
+def speaker_cells(row: dict) -> list[str]:
     return [
-        row["speaker"], str(row["utterances"]), str(row["reference_words"]), _percent(row["wer"]),
-        _percent(row["cer"]), str(row["substitutions"]), str(row["deletions"]), str(row["insertions"]),
+        row["speaker"], str(row["utterances"]), str(row["reference_words"]), percent(row["wer"]),
+        percent(row["cer"]), str(row["substitutions"]), str(row["deletions"]), str(row["insertions"]),
     ]
 
 
-def _confusion_tables(confusions: dict) -> list[tuple[str, tuple, list[list[str]]]]:
+def confusion_tables(confusions: dict) -> list[tuple[str, tuple, list[list[str]]]]:
     """(title, header, rows) for each kind of error."""
     return [
         ("Substitutions", ("count", "reference", "hypothesis"),
@@ -305,7 +309,7 @@ def _utterance_title(u: dict) -> str:
     extra = [f"speaker {u['speaker']}"] if "speaker" in u else []
     extra += [f"{u['duration']:.1f} s"] if "duration" in u else []
     suffix = f" ({', '.join(extra)})" if extra else ""
-    return f"{u['id']}: WER {_percent(u['wer'])}, CER {_percent(u['cer'])}{suffix}"
+    return f"{u['id']}: WER {percent(u['wer'])}, CER {percent(u['cer'])}{suffix}"
 
 
 # ---- Markdown ---------------------------------------------------------------------------------
@@ -320,15 +324,15 @@ def render_markdown(report: dict) -> str:
     lines.append("")
     lines += ["## Summary", "", *_md_table(("metric", "value"), _summary_rows(report["summary"])), ""]
     if report.get("decoding"):
-        lines += ["## Decoding", "", *_md_table(("setting", "value"), _decoding_rows(report["decoding"])), ""]
+        lines += ["## Decoding", "", *_md_table(("setting", "value"), decoding_rows(report["decoding"])), ""]
     if report.get("skipped"):
         rows = [[s["id"], s["audio_filepath"], s["error"]] for s in report["skipped"]]
         lines += [f"## Skipped utterances ({len(rows)}, not scored)", "", *_md_table(SKIPPED_COLUMNS, rows), ""]
     if report["speakers"]:
-        rows = [_speaker_cells(row) for row in report["speakers"]]
+        rows = [speaker_cells(row) for row in report["speakers"]]
         lines += ["## Per speaker (worst first)", "", *_md_table(SPEAKER_COLUMNS, rows), ""]
     lines += ["## Most frequent errors", ""]
-    for title, header, rows in _confusion_tables(report["confusions"]):
+    for title, header, rows in confusion_tables(report["confusions"]):
         lines += [f"### {title}", "", *(_md_table(header, rows) if rows else ["none"]), ""]
     lines += ["## Utterances (worst first)", ""]
     for u in report["utterances"]:
@@ -355,61 +359,3 @@ def _md_fenced(text: str, language: str) -> list[str]:
     longest = max((len(run) for run in re.findall("`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return [fence + language, text, fence]
-
-
-# ---- HTML -------------------------------------------------------------------------------------
-
-_STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top}
-pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}.sub{color:#b35900}del{color:#c00}ins{color:#070}"""
-
-
-def render_html(report: dict) -> str:
-    """The report as one self-contained HTML page; every piece of text is escaped."""
-    meta, esc = report["meta"], html.escape
-    parts = [
-        "<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Evaluation report</title>',
-        f"<style>{_STYLE}</style></head><body>", "<h1>Evaluation report</h1>",
-        f"<p><strong>{esc(summary_line(report))}</strong></p>",
-        f"<p>Produced by:</p><pre>{esc(meta['command'])}</pre>",
-        f"<p>model: <code>{esc(meta['model_dir'])}</code>, manifest: <code>{esc(meta['manifest'])}</code>, "
-        f"created: {esc(meta['created'])}</p>",
-        "<h2>Summary</h2>", _html_table(("metric", "value"), _summary_rows(report["summary"])),
-    ]
-    if report.get("decoding"):
-        parts += ["<h2>Decoding</h2>", _html_table(("setting", "value"), _decoding_rows(report["decoding"]))]
-    if report.get("skipped"):
-        rows = [[s["id"], s["audio_filepath"], s["error"]] for s in report["skipped"]]
-        parts += [f"<h2>Skipped utterances ({len(rows)}, not scored)</h2>", _html_table(SKIPPED_COLUMNS, rows)]
-    if report["speakers"]:
-        rows = [_speaker_cells(row) for row in report["speakers"]]
-        parts += ["<h2>Per speaker (worst first)</h2>", _html_table(SPEAKER_COLUMNS, rows)]
-    parts.append("<h2>Most frequent errors</h2>")
-    for title, header, rows in _confusion_tables(report["confusions"]):
-        parts += [f"<h3>{title}</h3>", _html_table(header, rows) if rows else "<p>none</p>"]
-    parts.append("<h2>Utterances (worst first)</h2>")
-    for u in report["utterances"]:
-        parts += [
-            f"<h3>{esc(_utterance_title(u))}</h3>",
-            f"<pre>REF: {esc(u['reference'])}\nHYP: {esc(u['hypothesis'])}\nALI: {_html_alignment(u['ops'])}</pre>",
-        ]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _html_table(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _html_alignment(ops: list[list]) -> str:
-    """The word alignment with errors marked up: substitutions, <del>, <ins>."""
-    esc = html.escape
-    marks = {
-        "equal": lambda ref, hyp: esc(ref),
-        "sub": lambda ref, hyp: f'<span class="sub">({esc(ref)}-&gt;{esc(hyp)})</span>',
-        "del": lambda ref, hyp: f"<del>[del: {esc(ref)}]</del>",
-        "ins": lambda ref, hyp: f"<ins>[ins: {esc(hyp)}]</ins>",
-    }
-    return " ".join(marks[kind](ref, hyp) for kind, ref, hyp in ops)

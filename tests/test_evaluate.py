@@ -129,5 +129,6 @@ def test_write_report_files_are_complete_and_parseable(tmp_path):
 
 def test_write_report_escapes_markup_in_the_command(tmp_path):
     paths = write_report(build_report(results()), tmp_path, "echo '<script>' ```", "m", "d")
-    assert "<script>" not in paths["html"].read_text()
+    page = paths["html"].read_text()
+    assert "echo '<script>'" not in page and "echo &#x27;&lt;script&gt;&#x27;" in page
     assert "````sh\necho '<script>' ```\n````" in paths["markdown"].read_text()
