@@ -360,7 +360,8 @@ def _import_tensorflow_quietly() -> None:
     with quiet_stderr():
         import tensorflow
 
-        tensorflow.config.list_logical_devices()  # device start-up, where CUDA probing complains
+        if not os.environ.get("TF_CONFIG"):  # a cluster's worker: MultiWorkerMirroredStrategy starts the devices
+            tensorflow.config.list_logical_devices()  # device start-up, where CUDA probing complains
 
 
 def _start_quickly() -> None:

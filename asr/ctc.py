@@ -17,7 +17,7 @@ def ctc_loss(labels, label_lengths, logits, logit_lengths, blank: int = BLANK) -
     Padded frames and padded labels never count: only the first label_lengths labels of each row
     and the first logit_lengths frames enter the loss. An utterance whose labels cannot fit in its
     frames (labels + repeated neighbours > frames) gets +inf (and a zero gradient), so that the
-    trainer can report and skip it instead of failing.
+    trainer can report and skip it instead of failing. An empty batch (B = 0) has an empty loss.
     """
     labels = tf.convert_to_tensor(labels, tf.int32)
     label_lengths = tf.convert_to_tensor(label_lengths, tf.int32)
@@ -29,7 +29,11 @@ def ctc_loss(labels, label_lengths, logits, logit_lengths, blank: int = BLANK) -
     num_classes = tf.shape(logits)[-1]
     rotated = tf.roll(tf.cast(logits, tf.float32), shift=-blank - 1, axis=-1)  # blank -> last
     values = tf.math.floormod(tf.boolean_mask(labels, valid) - blank - 1, num_classes)
-    loss = _ctc_kernel(tf.transpose(rotated, [1, 0, 2]), tf.where(valid), values, logit_lengths)
+    loss = tf.cond(  # the kernel refuses an empty batch: a replica's share of a short last batch
+        tf.shape(logits)[0] > 0,
+        lambda: _ctc_kernel(tf.transpose(rotated, [1, 0, 2]), tf.where(valid), values, logit_lengths),
+        lambda: tf.zeros([0], tf.float32),
+    )
     feasible = min_frames(labels, label_lengths) <= logit_lengths
     return tf.where(feasible, loss, tf.constant(np.inf, tf.float32))
 

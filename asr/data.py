@@ -222,6 +222,30 @@ def plan_batches(durations: Sequence[float], batch_size: int, bucket_width: floa
     return batches
 
 
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """The parts of every batch that one input pipeline (one worker of a cluster) yields: each
+    batch is cut into `total` parts (one per replica of the cluster, in order, sizes differing by
+    at most one; a part of a short last batch may be empty), and the pipeline yields parts
+    first .. first + count - 1 (its local replicas' parts)."""
+
+    first: int
+    count: int
+    total: int
+
+
+def shard_batches(plan: Sequence[Sequence[int]], shard: Shard | None) -> list[tuple[int, list[int]]]:
+    """[(batch number, utterance indices)] of the elements a pipeline yields: the batches of
+    plan (shard None), or shard's parts of each batch, batch after batch."""
+    if shard is None:
+        return [(n, list(batch)) for n, batch in enumerate(plan)]
+    return [
+        (n, part.tolist())
+        for n, batch in enumerate(plan)
+        for part in np.array_split(np.asarray(batch, dtype=np.int64), shard.total)[shard.first : shard.first + shard.count]
+    ]
+
+
 # --- the dataset ---------------------------------------------------------------------------------
 
 
@@ -242,6 +266,7 @@ def make_dataset(
     num_parallel_calls: int = 2,
     start_batch: int = 0,
     augment: AugmentConfig | None = None,
+    shard: Shard | None = None,
 ) -> tuple[tf.data.Dataset, list[tuple[str, str]]]:
     """Batches of model inputs for one epoch, and the utterances skipped as (id, reason).
 
@@ -259,6 +284,9 @@ def make_dataset(
     augment (training only): each batch plays at one of augment.speeds and each utterance gets
     SpecAugment masks (augment.spec_augment), drawn from a generator seeded by (seed, epoch,
     batch number), so an epoch, and a resumed one, sees the same augmentation every time.
+
+    shard (multi-worker training): the dataset yields only shard's parts of each batch, one element
+    per part (shard_batches); len(dataset) is then the number of batches times shard.count.
     """
     if feature_cfg.normalization == "global" and stats is None:
         raise ConfigError("features.normalization 'global' needs feature statistics: compute_stats() on the training files")
@@ -267,11 +295,12 @@ def make_dataset(
     kept, skipped = filter_utterances(utterances, vocab, feature_cfg, output_length_fn, max_duration, fastest)
     plan = plan_batches([u.duration for u, _ in kept], batch_size, bucket_width, training, seed, epoch)
     loader = _BatchLoader([u for u, _ in kept], [labels for _, labels in kept], feature_cfg, stats, cache_dir, augment, (seed, epoch))
-    index = np.full((len(plan), batch_size), -1, dtype=np.int64)  # rows of utterance indices, -1 past a short batch
-    for row, batch in enumerate(plan):
+    elements = shard_batches(plan, shard)[start_batch * (shard.count if shard else 1) :]
+    index = np.full((len(elements), batch_size), -1, dtype=np.int64)  # rows of utterance indices, -1 past a short batch
+    for row, (_, batch) in enumerate(elements):
         index[row, : len(batch)] = batch
-    numbers = np.arange(len(plan), dtype=np.int64)  # a batch's number in the epoch seeds its augmentation
-    dataset = tf.data.Dataset.from_tensor_slices((index[start_batch:], numbers[start_batch:]))
+    numbers = np.array([n for n, _ in elements], dtype=np.int64)  # a batch's number in the epoch seeds its augmentation
+    dataset = tf.data.Dataset.from_tensor_slices((index, numbers))
     dataset = dataset.map(loader.tf_load, num_parallel_calls=max(1, num_parallel_calls), deterministic=True)
     return dataset.prefetch(PREFETCH_BATCHES), skipped
 
@@ -287,15 +316,16 @@ class _BatchLoader:
         self.augment, self.seed = augment, seed
 
     def load(self, row: np.ndarray, number: np.int64):
-        """int64 [batch_size] (-1 = none), batch number -> features, feature_lengths, labels, label_lengths, ids."""
+        """int64 [batch_size] (-1 = none; all -1: an empty batch), batch number -> features, feature_lengths, labels, label_lengths, ids."""
         idx = [int(i) for i in row if i >= 0]
         speed, mask = self._augmentation(int(number))
         feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir, speed, mask) for i in idx]
         labels = [self.labels[i] for i in idx]
         feat_lengths = np.array([f.shape[0] for f in feats], dtype=np.int32)
         label_lengths = np.array([len(seq) for seq in labels], dtype=np.int32)
-        features = np.full((len(idx), feat_lengths.max(), self.cfg.num_features), FEATURE_PAD, dtype=np.float32)
-        padded_labels = np.full((len(idx), max(1, label_lengths.max())), LABEL_PAD, dtype=np.int32)
+        # an empty row (a worker's part of a short last batch) gives [0, 1, F] features
+        features = np.full((len(idx), max(1, feat_lengths.max(initial=0)), self.cfg.num_features), FEATURE_PAD, dtype=np.float32)
+        padded_labels = np.full((len(idx), max(1, label_lengths.max(initial=0))), LABEL_PAD, dtype=np.int32)
         for b, (f, seq) in enumerate(zip(feats, labels)):
             features[b, : f.shape[0]] = f
             padded_labels[b, : len(seq)] = seq

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from asr import checkpoint, corpora, ctc, evaluate, mnist
 from asr.config import Config, to_dict
-from asr.data import Utterance, filter_utterances, make_dataset
+from asr.data import Shard, Utterance, filter_utterances, make_dataset
+from asr.distribute import LOST_PEER_ERRORS, all_equal, any_worker, distribute_batches, is_chief, is_multi_worker, lost_peer, make_strategy, worker_index
 from asr.decode import DecodeOptions, Decoder, resolve
 from asr.errors import ConfigError, DataError, ExperimentError
 from asr.features import FeatureStats, compute_stats
@@ -44,8 +45,8 @@ def feature_cache_dir() -> Path:
 # ----------------------------------------------------------------------------- data
 
 
-def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | None:
-    """Global mean/std over the training set (computed once, kept in exp_dir)."""
+def feature_stats(config: Config, train_utts, exp_dir: Path, save: bool = True) -> FeatureStats | None:
+    """Global mean/std over the training set (computed once, kept in exp_dir unless not save)."""
     if config.features.normalization != "global":
         return None
     path = exp_dir / "stats.json"
@@ -53,7 +54,8 @@ def feature_stats(config: Config, train_utts, exp_dir: Path) -> FeatureStats | N
         return FeatureStats.load(path)
     log.info("computing feature statistics over %d training utterances", len(train_utts))
     stats = compute_stats([u.audio_filepath for u in train_utts], config.features, cache_dir=feature_cache_dir())
-    stats.save(path)
+    if save:
+        stats.save(path)
     return stats
 
 
@@ -100,7 +102,7 @@ def _why_filtered(total: int, skipped) -> str:
     return f"all {total} utterances were filtered out: {'; '.join(parts)}; e.g. {example[0]}: {example[1]} ({CHECK_DATA_HINT})"
 
 
-def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int = 0, start_batch: int = 0):
+def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int = 0, start_batch: int = 0, shard: Shard | None = None):
     dataset, skipped = make_dataset(
         utts,
         vocab,
@@ -117,19 +119,12 @@ def build_dataset(config: Config, utts, vocab, stats, training: bool, epoch: int
         num_parallel_calls=config.data.num_parallel_calls,
         start_batch=start_batch,
         augment=config.augment,
+        shard=shard,
     )
     return dataset, skipped
 
 
 # ----------------------------------------------------------------------------- model
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def build_model(config: Config, vocab: Vocabulary) -> AcousticModel:
@@ -202,18 +197,19 @@ class Steps:
             loss = tf.reduce_sum(tf.where(tf.math.is_finite(losses), losses, 0.0)) / global_batch
             if self.loss_scale is not None:
                 loss = loss * scale
-        return tape.gradient(loss, self.model.trainable_variables), losses
+        # counted over every replica of every worker, so that all of them skip the same batches
+        not_finite = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(~tf.math.is_finite(losses), tf.float32)))
+        return tape.gradient(loss, self.model.trainable_variables), losses, not_finite
 
     def _grads_fn(self, batch, scale):
         """-> (gradients summed over replicas, unscaled and clipped, per-replica losses [b], all finite?)."""
-        grads, losses = self.strategy.run(self._replica_grads, args=(batch, scale))
+        grads, losses, not_finite = self.strategy.run(self._replica_grads, args=(batch, scale))
         grads = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
         if self.loss_scale is not None:
             grads = [g / scale for g in grads]
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        all_losses = tf.concat(self.strategy.experimental_local_results(losses), axis=0)
-        return grads, losses, tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(all_losses)))
+        return grads, losses, tf.logical_and(finite, self.strategy.experimental_local_results(not_finite)[0] == 0)
 
     def _apply_fn(self, grads):
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
@@ -240,12 +236,15 @@ class Steps:
         return np.concatenate(self._local(losses)), ok
 
     def eval_step(self, batch):
-        """Per-utterance losses [B], log-probabilities [B, T', V] and output lengths [B] (numpy)."""
+        """Per-utterance losses [B], log-probabilities [B, T', V] and output lengths [B] (numpy).
+        batch: distributed (its parts on the local replicas), or not: a whole batch that each
+        local replica evaluates (a cluster's chief evaluating alone), of which one result is kept."""
         losses, logp, lengths = self._eval(batch)
-        logp_parts, len_parts = self._local(logp), self._local(lengths)
+        kept = None if isinstance(batch["ids"], tf.distribute.DistributedValues) else 1
+        loss_parts, logp_parts, len_parts = self._local(losses)[:kept], self._local(logp)[:kept], self._local(lengths)[:kept]
         width = max(p.shape[1] for p in logp_parts)
         logp = np.concatenate([np.pad(p, [(0, 0), (0, width - p.shape[1]), (0, 0)]) for p in logp_parts])
-        return np.concatenate(self._local(losses)), logp, np.concatenate(len_parts)
+        return np.concatenate(loss_parts), logp, np.concatenate(len_parts)
 
 
 def batch_ids(strategy, batch) -> list[str]:
@@ -327,16 +326,24 @@ class Trainer:
     tf.distribute strategy: any keras.Model called as AcousticModel is, (features [B, T, F],
     feature_lengths [B], training) -> (logits [B, T', V], output lengths [B]), and having
     num_parameters(); build_model by default.
+
+    strategy: the run's tf.distribute strategy (make_strategy(config.train.strategy) by default).
+    On a cluster (multi_worker) only the chief writes into exp_dir; the other workers read the
+    checkpoint to resume from there (exp_dir must be a folder they all see), train their parts of
+    each batch and leave the dev evaluation and every file to the chief.
     """
 
     def __init__(self, config: Config, exp_dir: Path, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance],
-                 resume: bool = False, model_factory: ModelFactory | None = None):
+                 resume: bool = False, model_factory: ModelFactory | None = None, strategy: tf.distribute.Strategy | None = None):
         self.exp_dir = Path(exp_dir)
-        claim_exp_dir(self.exp_dir, resume, overwrite=False)
-        make_dirs(self.exp_dir)
+        self.strategy = strategy or make_strategy(config.train.strategy)
+        self.chief = is_chief(self.strategy)
         self.ckpt_root = self.exp_dir / "checkpoints"
-        for folder in (self.exp_dir, self.ckpt_root, self.exp_dir / "epochs"):
-            remove_stale_temporaries(folder)  # left by a killed run
+        if self.chief:
+            claim_exp_dir(self.exp_dir, resume, overwrite=False)
+            make_dirs(self.exp_dir)
+            for folder in (self.exp_dir, self.ckpt_root, self.exp_dir / "epochs"):
+                remove_stale_temporaries(folder)  # left by a killed run
         found = checkpoint.find_checkpoint(self.ckpt_root) if resume else None
         if found is not None:
             check_resumable(found[1], config, found[0])
@@ -348,8 +355,7 @@ class Trainer:
         self.train_utts, self.dev_utts = list(train_utts), list(dev_utts)
         self.steps_per_epoch = check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
         with self._writing("the feature statistics"):
-            self.stats = feature_stats(config, self.train_utts, self.exp_dir)
-        self.strategy = make_strategy(config.train.strategy)
+            self.stats = feature_stats(config, self.train_utts, self.exp_dir, save=self.chief)
         with self.strategy.scope():
             self.model = (model_factory or build_model)(config, self.vocab)
             self.optimizer = make_optimizer(config, self.model, self.steps_per_epoch)
@@ -363,10 +369,16 @@ class Trainer:
             if loss_scale is not None and self.state.loss_scale:
                 self.steps.loss_scale = LossScale(**self.state.loss_scale)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path.name, self.state.step, self.state.epoch + 1, self.state.batch_in_epoch)
-        self.writer = tf.summary.create_file_writer(str(self.exp_dir / "tensorboard"))
+        if is_multi_worker(self.strategy) and not all_equal(self.strategy, self.state.step):
+            raise ExperimentError(
+                f"the workers start from different steps (this one from step {self.state.step}): give every worker "
+                f"the same --exp-dir, on storage they all see, and the same --resume"
+            )
+        self.writer = tf.summary.create_file_writer(str(self.exp_dir / "tensorboard")) if self.chief else tf.summary.create_noop_writer()
         self.dev_by_id = {u.id: u for u in self.dev_utts}
-        with self._writing("config.json"):
-            atomic_write_text(self.exp_dir / "config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
+        if self.chief:
+            with self._writing("config.json"):
+                atomic_write_text(self.exp_dir / "config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
 
     @contextlib.contextmanager
     def _writing(self, what: str):
@@ -380,6 +392,9 @@ class Trainer:
             raise ExperimentError(f"could not write {what} in {self.exp_dir} ({exc.strerror or exc}); {safe}") from exc
 
     def save(self) -> None:
+        """Writes a checkpoint (the chief only: every worker holds the same weights)."""
+        if not self.chief:
+            return
         if self.steps.loss_scale is not None:
             self.state.loss_scale = dataclasses.asdict(self.steps.loss_scale)
         with self._writing(f"checkpoint ckpt-{self.state.step:08d}"):
@@ -388,6 +403,8 @@ class Trainer:
             )
 
     def save_model(self, folder: Path) -> None:
+        if not self.chief:
+            return
         with self._writing(f"the model directory {folder.name}"):
             checkpoint.save_model_dir(folder, self.model, self.config, self.vocab, self.stats)
 
@@ -410,18 +427,24 @@ class Trainer:
         if not (self.exp_dir / "model").exists():
             self.save_model(self.exp_dir / "model")
         summary = dict(steps=self.state.step, train_seconds=round(self.state.train_seconds, 1), best_dev_wer=self.state.best["wer"] if self.state.best else None, skipped_batches=self.state.skipped_batches, history=self.state.history)
-        with self._writing("summary.json"):
-            atomic_write_text(self.exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.chief:
+            with self._writing("summary.json"):
+                atomic_write_text(self.exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def train_one_epoch(self) -> bool:
         """Trains over the rest of the current epoch; returns True when early stopping fires."""
         start = self.state.batch_in_epoch
-        dataset, skipped = build_dataset(self.config, self.train_utts, self.vocab, self.stats, True, self.state.epoch, start)
+        skipped = []
+
+        def epoch_batches(shard: Shard | None):
+            dataset, skipped[:] = build_dataset(self.config, self.train_utts, self.vocab, self.stats, True, self.state.epoch, start, shard)
+            return dataset
+
+        dist = distribute_batches(self.strategy, epoch_batches)
         if start == 0 and skipped:
             log.info("epoch %d: %d utterances filtered out: %s (%s)", self.state.epoch + 1, len(skipped), format_skipped(skipped), CHECK_DATA_HINT)
-        total = start + int(dataset.cardinality())
-        dist = self.strategy.experimental_distribute_dataset(dataset)
+        total = self.steps_per_epoch
         waited, tick = 0.0, time.time()
         batches = iter(dist)
         with tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}", unit="batch", dynamic_ncols=True) as bar:
@@ -454,9 +477,10 @@ class Trainer:
             else:
                 log.warning("skipped a batch with a non-finite loss or gradient (utterances: %s)", ", ".join(bad) or "gradient only")
         lr = float(self.optimizer.learning_rate)
-        bar.set_postfix(loss=f"{np.nanmean(np.where(np.isfinite(losses), losses, np.nan)):.2f}", lr=f"{lr:.1e}", step=self.state.step)
+        finite = losses[np.isfinite(losses)]  # none in a worker's empty part of a short batch
+        bar.set_postfix(loss=f"{finite.mean():.2f}" if finite.size else "-", lr=f"{lr:.1e}", step=self.state.step)
         bar.update(1)
-        if applied and self.state.step % self.config.train.log_every == 0:
+        if applied and self.chief and self.state.step % self.config.train.log_every == 0:
             with self.writer.as_default(step=self.state.step):
                 tf.summary.scalar("train/loss", float(np.mean(losses)))
                 tf.summary.scalar("train/learning_rate", lr)
@@ -469,7 +493,7 @@ class Trainer:
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         stop = False
-        if self.dev_utts:
+        if self.dev_utts and self.chief:
             record = self.evaluate_dev(epoch)
             if dev_score(record) < dev_score(self.state.best):
                 self.state.best = record
@@ -486,12 +510,14 @@ class Trainer:
             self.save_model(self.exp_dir / "model")
         self.keep_epoch_model(epoch)
         self.save()
+        if is_multi_worker(self.strategy):
+            stop = any_worker(self.strategy, stop)  # the chief's decision, which the workers wait for here
         return stop
 
     def keep_epoch_model(self, epoch: int) -> None:
         """Keeps this epoch's weights as exp_dir/epochs/epoch-NNN (the last train.keep_epochs of them)."""
         keep = self.config.train.keep_epochs
-        if not keep:
+        if not keep or not self.chief:
             return
         folder = self.exp_dir / "epochs"
         self.save_model(folder / f"epoch-{epoch:03d}")
@@ -501,8 +527,10 @@ class Trainer:
     def evaluate_dev(self, epoch: int) -> dict:
         tick = time.time()
         dataset, _ = build_dataset(self.config, self.dev_utts, self.vocab, self.stats, training=False)
+        if not is_multi_worker(self.strategy):  # a cluster's chief evaluates alone: no distributed dataset, whose iterator is a collective op
+            dataset = self.strategy.experimental_distribute_dataset(dataset)
         decoder = Decoder(self.vocab, resolve(DecodeOptions(), self.config.decode.beam_width))  # the model's own beam
-        dev_loss, results = decode_dataset(self.steps, self.strategy.experimental_distribute_dataset(dataset), decoder, self.dev_by_id)
+        dev_loss, results = decode_dataset(self.steps, dataset, decoder, self.dev_by_id)
         rates = evaluate.error_rates([r["reference"] for r in results], [r["hypothesis"] for r in results])
         self.state.train_seconds += time.time() - tick
         record = dict(
@@ -587,14 +615,17 @@ def format_skipped(skipped, most: int = 10) -> str:
     return shown + (f" and {len(skipped) - most} more" if len(skipped) > most else "")
 
 
-def setup_logging(exp_dir: Path) -> list[logging.Handler]:
-    """Logs the "asr" loggers to the terminal and to exp_dir/train.log; returns the handlers,
-    which close_logging() removes when the run ends (each run logs into its own folder)."""
-    make_dirs(exp_dir)
+def setup_logging(exp_dir: Path | None, prefix: str = "") -> list[logging.Handler]:
+    """Logs the "asr" loggers to the terminal and to exp_dir/train.log (exp_dir None: the terminal
+    only; prefix: what each line starts with); returns the handlers, which close_logging()
+    removes when the run ends (each run logs into its own folder)."""
     root = logging.getLogger("asr")
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(), logging.FileHandler(exp_dir / "train.log")]
+    fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if exp_dir is not None:
+        make_dirs(exp_dir)
+        handlers.append(logging.FileHandler(exp_dir / "train.log"))
     for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
@@ -607,22 +638,47 @@ def close_logging(handlers: list[logging.Handler]) -> None:
         handler.close()
 
 
+@contextlib.contextmanager
+def lost_worker_is_one_line(strategy: tf.distribute.Strategy, ckpt_root: Path):
+    """Turns the error of a collective op whose peer stopped (a worker of the cluster died, or
+    stopped on an error of its own) into a one-line ExperimentError that says how to continue."""
+    try:
+        yield
+    except LOST_PEER_ERRORS as exc:
+        if not is_multi_worker(strategy):
+            raise
+        done = checkpoint.list_checkpoints(ckpt_root)
+        where = f"the newest checkpoint is {done[-1].name}" if done else "no checkpoint was written yet"
+        raise ExperimentError(f"worker {worker_index()} lost the cluster ({lost_peer(exc)}); {where}: start every worker again with --resume") from None
+
+
 def train(config: Config, exp_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains the recipe's model in exp_dir (checkpoints/, model/, tensorboard/, train.log).
 
     resume: continue from the newest intact checkpoint in exp_dir. overwrite: move another run
     found in exp_dir aside (claim_exp_dir) instead of refusing to start.
+    train.strategy multi_worker: each worker of the TF_CONFIG cluster runs train() with the same
+    arguments; the chief (asr.distribute.worker_index 0) claims and writes exp_dir, the other
+    workers log to the terminal only (Trainer).
     """
     exp_dir = Path(exp_dir)
     check_output_dir(exp_dir, "experiment folder (--exp-dir)")
     corpora.check_corpus(config)  # before anything is written: a mistake leaves no folder behind
-    aside = claim_exp_dir(exp_dir, resume, overwrite)
-    handlers = setup_logging(exp_dir)
+    strategy = make_strategy(config.train.strategy)  # before TensorFlow runs anything (multi_worker)
+    chief = is_chief(strategy)
+    aside = claim_exp_dir(exp_dir, resume, overwrite) if chief else None
+    handlers = setup_logging(exp_dir if chief else None, prefix="" if chief else f"[worker {worker_index()}] ")
     try:
-        if aside is not None:
-            log.info("moved the previous run in %s aside to %s", exp_dir, aside)
-        train_utts, dev_utts = corpora.prepare(config, exp_dir)
-        return Trainer(config, exp_dir, train_utts, dev_utts, resume=resume).run()
+        with lost_worker_is_one_line(strategy, exp_dir / "checkpoints"):
+            if aside is not None:
+                log.info("moved the previous run in %s aside to %s", exp_dir, aside)
+            if chief:
+                train_utts, dev_utts = corpora.prepare(config, exp_dir)
+            if is_multi_worker(strategy):
+                any_worker(strategy, False)  # the workers wait here for the chief to prepare (download) the corpus
+            if not chief:
+                train_utts, dev_utts = corpora.prepare(config, exp_dir)  # finds what the chief prepared
+            return Trainer(config, exp_dir, train_utts, dev_utts, resume=resume, strategy=strategy).run()
     finally:
         close_logging(handlers)
 
