@@ -58,8 +58,8 @@ _OWN_FILES = {"saved_model": _SAVED_MODEL_FILES, "tflite": (TFLITE_FILE, INFO_FI
 TRACE_CACHE_ENTRIES = 4  # traced models kept in a cache folder, the least recently used dropped first
 TRACE_CACHE_VERSION = 1  # bump when what an entry holds changes
 _ENTRY_FILE = "entry.json"  # in a cache entry: what it was traced from (for people)
-# The code a traced graph comes from: an entry traced by other code is never used.
-_GRAPH_SOURCES = ("model.py", "rnn.py", "export.py")
+# The code a traced graph comes from (glob patterns in asr/): an entry traced by other code is never used.
+_GRAPH_SOURCES = ("model.py", "rnn/*.py", "export.py")
 
 
 # --- the inference function ----------------------------------------------------------------------
@@ -320,7 +320,9 @@ def cache_key(model_dir: str | Path, config: Config, vocab_size: int) -> str:
         "vocab_size": vocab_size,
         "tensorflow": tf.__version__,
         "keras": _keras_version(),
-        "code": {name: sha256_file(here / name) for name in _GRAPH_SOURCES},
+        "code": {
+            str(path.relative_to(here)): sha256_file(path) for pattern in _GRAPH_SOURCES for path in sorted(here.glob(pattern))
+        },
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -7,7 +7,7 @@ each as a tf.function train step over the same padded batch. Stock is
 keras.layers.Bidirectional(keras.layers.LSTM(256, return_sequences=True)) x3 (no layer norm)
 given the mask from the lengths. "ours-bf16" is ours with the cells under the mixed_bfloat16
 policy (train.precision: matmuls in bf16, weights and everything elementwise in float32, see
-asr/rnn.py). Steps alternate between the models; warm-up is excluded. The default shapes are a
+asr.rnn). Steps alternate between the models; warm-up is excluded. The default shapes are a
 librispeech_small batch after frame stacking: 16 utterances x 400 model steps (12 s at 30 ms a
 step); --features 117 gives the recipe's 3 stacked frames of 39 (the default 39 is the
 historical figure in the README; it changes only the first layer's input projection).

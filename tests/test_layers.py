@@ -35,3 +35,21 @@ def test_the_scan_sees_lazy_imports(tmp_path):
 
 def test_mnist_takes_its_optimizer_from_asr_optim_not_the_ctc_trainer():
     assert "asr.train" not in imported_modules(ASR / "mnist.py")
+
+
+# asr.rnn's modules, bottom up: each imports only those before it (cells never the loop or the
+# public functions), and none imports another asr module.
+RNN_LAYERS = ("gradient", "loop", "cells", "dropout", "api")
+
+
+def test_rnn_modules_import_only_the_ones_below_them():
+    package = ASR / "rnn"
+    assert sorted(path.stem for path in package.glob("*.py")) == sorted(RNN_LAYERS + ("__init__",))
+    for index, stem in enumerate(RNN_LAYERS):
+        source = package / f"{stem}.py"
+        own = {name for name in imported_modules(source) if name.split(".")[0] == "asr"}
+        allowed = {f"asr.rnn.{below}" for below in RNN_LAYERS[:index]}
+        assert own <= allowed, f"asr/rnn/{stem}.py imports {sorted(own - allowed)}"
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+        assert not relative, f"asr/rnn/{stem}.py: use absolute imports, which this test can check"
