@@ -167,3 +167,31 @@ def test_the_fsdd_recipes(fsdd_dir, tmp_path):
     assert {u.speaker for u in train} == {u["speaker"] for u in test} == {"george", "jackson", "lucas", "nicolas", "theo", "yweweler"}
     assert all(int(Path(u["audio_filepath"]).stem.split("_")[2]) < 5 for u in test)
     assert {u.text for u in train} == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_shipped_model_on_librispeech(tmp_path, librispeech_root, monkeypatch, capsys):
+    """asr train --init-from the committed model on two real LibriSpeech utterances, then asr
+    evaluate: the step-0 training loss is the model's own (small: it was trained on such speech),
+    and the fine-tuned model keeps its sections."""
+    from test_train import UTTERANCES, write_manifest as write_librispeech_manifest
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    repo = Path(__file__).resolve().parents[1]
+    model_dir = repo / "recipes" / "librispeech_small" / "model"
+    write_librispeech_manifest(tmp_path / "ls.jsonl", librispeech_root, list(UTTERANCES)[:2])
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "config.yaml").write_text(yaml.safe_dump({
+        "name": "ls_finetune",
+        "data": {"corpus": "manifest", "data_dir": str(tmp_path), "train_manifest": "ls.jsonl", "dev_manifest": "ls.jsonl", "batch_size": 2},
+        "train": {"learning_rate": 0.0001, "warmup_steps": 0, "epochs": 2, "init_stats": "model"},
+    }))
+    exp = tmp_path / "exp"
+    assert main(["train", str(recipe), "--exp-dir", str(exp), "--init-from", str(model_dir)]) == 0
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["history"][0]["cer"] < 0.5  # a random model's CER would be near 100%
+    saved = json.loads((exp / "model" / "config.json").read_text())
+    source = json.loads((model_dir / "config.json").read_text())
+    assert all(saved[s] == source[s] for s in ("features", "text", "model"))
+    assert main(["evaluate", str(exp / "model"), str(tmp_path / "ls.jsonl"), "--report-dir", str(tmp_path / "report")]) == 0
