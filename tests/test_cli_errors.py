@@ -586,6 +586,21 @@ def test_bad_librispeech_data_dir(no_long_work, tmp_path, capsys):
     one_line(capsys, tmp_path, ["train", recipe, "--data-dir", data_dir, "--exp-dir", tmp_path / "exp"], data_dir)
 
 
+@pytest.mark.parametrize("recipe", ["fsdd", "fsdd/finetune"])
+def test_bad_fsdd_data_dir(no_long_work, monkeypatch, tmp_path, capsys, recipe):
+    monkeypatch.chdir(REPO)
+    data_dir = put(tmp_path / "corpus", "empty_folder")  # no recordings/ in it
+    one_line(capsys, tmp_path, ["train", REPO / "recipes" / recipe, "--data-dir", data_dir, "--exp-dir", tmp_path / "exp"], data_dir / "recordings")
+
+
+def test_good_fsdd_recipes_get_to_work(no_long_work, monkeypatch, tmp_path):
+    fsdd = require(SHARED_DATA / "fsdd")
+    monkeypatch.chdir(REPO)  # where recipes/fsdd/finetune's train.init_from is relative to
+    for recipe in ("fsdd", "fsdd/finetune"):
+        with pytest.raises(LongWorkStarted):
+            main(["train", str(REPO / "recipes" / recipe), "--data-dir", str(fsdd), "--exp-dir", str(tmp_path / recipe)])
+
+
 # --- outputs: checked before the long work, never half written --------------------------------------
 
 OUTPUT_MISTAKES = ["file", "under_a_file", "unwritable"]
