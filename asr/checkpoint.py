@@ -201,6 +201,12 @@ def load_weights(model_dir: str | Path, model) -> None:
     _load_arrays(Path(model_dir) / "weights.npz", model.weights, "weight")
 
 
+def check_weights(model_dir: str | Path) -> None:
+    """DataError naming weights.npz when it is missing, damaged or holds non-finite values
+    (without building the model: shapes are checked when load_weights assigns them)."""
+    _read_arrays(Path(model_dir) / "weights.npz")
+
+
 def average_model_dirs(model_dirs, out_dir: str | Path) -> Path:
     """Writes a model directory whose weights are the mean of those of model_dirs (or checkpoints).
 

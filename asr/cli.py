@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", help="experiment folder for checkpoints, logs and model/ (default: exp/<recipe>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="fine-tune: start from this trained model's weights, features, alphabet and architecture (sets train.init_from)")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the experiment folder")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an experiment folder that holds another run, moving that run into <exp-dir>/previous-<time>/")
@@ -160,12 +162,14 @@ def _finite_float(text: str) -> float:
 
 
 def cmd_train(args) -> int:
-    from asr.config import load_recipe
+    from asr.finetune import load_training_recipe
 
     overrides = list(args.overrides)
     if args.data_dir:  # as a JSON string, which YAML reads as it is (a path may hold '#', ': ', brackets)
         overrides.append(f"data.data_dir={json.dumps(str(args.data_dir.resolve()))}")
-    config = load_recipe(args.recipe_dir, overrides)
+    if args.init_from:
+        overrides.append(f"train.init_from={json.dumps(str(Path(args.init_from).resolve()))}")
+    config = load_training_recipe(args.recipe_dir, overrides)
     exp_dir = Path(args.exp_dir or Path("exp") / Path(args.recipe_dir).resolve().name)
     from asr.train import describe_run, run_recipe
 
@@ -176,8 +180,9 @@ def cmd_train(args) -> int:
 
 def cmd_check_data(args) -> int:
     from asr.checkdata import check_data, summary_text
-    from asr.config import load_recipe, with_overrides
+    from asr.config import with_overrides
     from asr.errors import ConfigError
+    from asr.finetune import load_training_recipe
     from asr.io import atomic_write_text
     from asr.text import Vocabulary
 
@@ -193,7 +198,7 @@ def cmd_check_data(args) -> int:
         source = f"model {args.model}"
     else:
         if args.recipe:
-            config, source = load_recipe(args.recipe, args.overrides), f"recipe {args.recipe}"
+            config, source = load_training_recipe(args.recipe, args.overrides), f"recipe {args.recipe}"
         else:
             config = with_overrides({}, args.overrides, "--set")
             source = "defaults"

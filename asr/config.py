@@ -16,6 +16,9 @@ from asr.io import read_text
 
 CELL_TYPES = ("lstm", "gru", "ln_lstm", "ln_gru")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # train.precision (Keras dtype policies)
+CORPORA = ("librispeech", "fsdd", "manifest", "mnist")  # data.corpus
+INIT_STATS = ("model", "recompute")  # train.init_stats
+MODEL_SECTIONS = ("features", "text", "model")  # what a trained model fixes: train.init_from takes them from it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +61,8 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "librispeech"  # "librispeech" (a LibriSpeech tree), "manifest" (your JSONL files) or "mnist"
-    data_dir: str = ""  # corpus root; empty = download into exp_dir/data (--data-dir overrides)
+    corpus: str = "librispeech"  # "librispeech" (a LibriSpeech tree), "fsdd" (the Free Spoken Digit Dataset), "manifest" (your JSONL files) or "mnist"
+    data_dir: str = ""  # corpus root (FSDD: the folder holding recordings/); empty = download into exp_dir/corpus (--data-dir overrides)
     subsets: tuple[str, ...] = ("train-clean-5",)  # LibriSpeech subsets to train on
     dev_speakers: tuple[str, ...] = ()  # speakers held out of training and used as the dev set
     train_manifest: str = ""  # corpus "manifest": JSONL manifests (relative to data_dir)
@@ -70,7 +73,7 @@ class DataConfig:
     num_parallel_calls: int = 2  # feature-loading workers
 
     def validate(self) -> None:
-        _check(self.corpus in ("librispeech", "manifest", "mnist"), "data.corpus", "'librispeech', 'manifest' or 'mnist'")
+        _check(self.corpus in CORPORA, "data.corpus", "'librispeech', 'fsdd', 'manifest' or 'mnist'")
         _check(self.max_duration > 0, "data.max_duration", "a positive number of seconds")
         _check(self.batch_size >= 1, "data.batch_size", "at least 1 utterance")
         _check(self.bucket_width > 0, "data.bucket_width", "a positive number of seconds")
@@ -111,11 +114,14 @@ class TrainConfig:
     seed: int = 1234  # weights, dropout and shuffling
     strategy: str = "default"  # "default", "mirrored" (several GPUs) or "multi_worker" (several machines)
     log_every: int = 20  # steps between TensorBoard scalars
+    init_from: str = ""  # fine-tuning: a model directory whose weights start the run (step 0 only; a resumed run continues its checkpoints); its features, text and model sections are the run's (asr.finetune)
+    init_stats: str = "model"  # with init_from, the feature statistics: "model" (the model's stats.json, as its weights expect) or "recompute" (over the new training set)
     precision: str = "float32"  # "float32"; "mixed_bfloat16" (matmuls in bf16, weights, optimizer, layer norm, softmax and CTC in float32; CPUs with avx512_bf16, GPUs); "mixed_float16" (GPUs; with dynamic loss scaling)
 
     def validate(self) -> None:
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "train.strategy", "default, mirrored or multi_worker")
         _check(self.precision in PRECISIONS, "train.precision", " or ".join(PRECISIONS))
+        _check(self.init_stats in INIT_STATS, "train.init_stats", " or ".join(f"'{s}'" for s in INIT_STATS))
         for key in ("epochs", "checkpoint_every", "log_every"):
             _check(getattr(self, key) >= 1, f"train.{key}", "at least 1")
         for key in ("max_steps", "warmup_steps", "keep_epochs", "patience"):
@@ -176,7 +182,7 @@ class Config:
     def validate(self) -> "Config":
         _check(self.task in ("ctc", "classify"), "task", "'ctc' or 'classify'")
         if self.task == "ctc":
-            _check(self.data.corpus in ("librispeech", "manifest"), "data.corpus", "'librispeech' or 'manifest' for a CTC recipe")
+            _check(self.data.corpus in ("librispeech", "fsdd", "manifest"), "data.corpus", "'librispeech', 'fsdd' or 'manifest' for a CTC recipe")
             _check(self.data.corpus != "manifest" or bool(self.data.train_manifest), "data.train_manifest", "a JSONL manifest when data.corpus is 'manifest'")
             _check(self.data.corpus != "librispeech" or len(self.data.subsets) > 0, "data.subsets", "one or more LibriSpeech subsets")
         for section in (self.features, self.text, self.data, self.model, self.train, self.decode):
@@ -324,6 +330,16 @@ def with_overrides(data: dict, overrides, where: str) -> Config:
 def load_recipe(recipe_dir: str | Path, overrides: list[str] = ()) -> Config:
     """Reads RECIPE_DIR/config.yaml, applies --set overrides and validates the result."""
     path = Path(recipe_dir) / "config.yaml"
+    data = read_recipe(recipe_dir)
+    try:
+        return with_overrides(data, overrides, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{_culprit(data, overrides, path)}: {exc}") from None
+
+
+def read_recipe(recipe_dir: str | Path) -> dict:
+    """RECIPE_DIR/config.yaml as it is written (a mapping, not yet validated)."""
+    path = Path(recipe_dir) / "config.yaml"
     if Path(recipe_dir).is_file():
         raise ConfigError(f"{recipe_dir}: a file, not a recipe folder (a recipe is a folder with config.yaml)")
     text = read_text(path, "recipe config", ConfigError, missing="a recipe is a folder with config.yaml")
@@ -335,10 +351,20 @@ def load_recipe(recipe_dir: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}: empty recipe config; give at least its name (every other key has a default)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    try:
-        return with_overrides(data, overrides, str(path))
-    except ConfigError as exc:
-        raise ConfigError(f"{_culprit(data, overrides, path)}: {exc}") from None
+    return data
+
+
+def given_keys(data: dict, overrides=()) -> set[str]:
+    """The dotted keys ("model.num_units") that a recipe's mapping and --set overrides give a
+    value; the others keep their defaults."""
+    def walk(node: dict, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return set(walk(_merge(data, parse_overrides(list(overrides))), ""))
 
 
 def _culprit(data: dict, overrides, path: Path) -> str:

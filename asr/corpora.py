@@ -34,13 +34,19 @@ def prepare(config: Config, exp_dir: Path) -> tuple[list[Utterance], list[Uttera
 
     data.corpus "manifest": the manifests under data.data_dir, read as they are. "librispeech":
     the subsets under data.data_dir, or, when it is empty, downloaded into exp_dir/corpus; their
-    manifests are written to exp_dir/data (the dev speakers held out), once.
+    manifests are written to exp_dir/data (the dev speakers held out), once. "fsdd": the
+    recordings under data.data_dir (or downloaded likewise); exp_dir/data gets train.jsonl and
+    test.jsonl (the standard split, recordings 0-4 are the test set), and there is no dev set:
+    the test set is never seen in training, not even to pick an epoch.
     """
     data = config.data
     if data.corpus == "manifest":
         root = Path(data.data_dir or ".")
         dev = read_manifest(root / data.dev_manifest) if data.dev_manifest else []
         return read_manifest(root / data.train_manifest), dev
+    if data.corpus == "fsdd":
+        root = Path(data.data_dir) if data.data_dir else download_fsdd(Path(exp_dir) / "corpus")
+        return read_manifest(prepare_fsdd(root, Path(exp_dir) / "data")[0]), []
     root = Path(data.data_dir) if data.data_dir else Path(exp_dir) / "corpus"
     if not data.data_dir:
         download_subsets(root, data.subsets)
@@ -52,12 +58,16 @@ def prepare(config: Config, exp_dir: Path) -> tuple[list[Utterance], list[Uttera
 
 def check_corpus(config: Config) -> None:
     """DataError naming the file or folder when the recipe's corpus is not there: its manifests
-    (read line by line) or, under a given data_dir, its LibriSpeech subset folders."""
+    (read line by line) or, under a given data_dir, its LibriSpeech subset folders or FSDD recordings."""
     data = config.data
     if data.corpus == "manifest":
         for name in (data.train_manifest, data.dev_manifest):
             if name:
                 read_manifest(Path(data.data_dir or ".") / name)
+    elif data.corpus == "fsdd" and data.data_dir:
+        recordings = Path(data.data_dir) / "recordings"
+        if not any(recordings.glob("*.wav")):
+            raise DataError(f"{recordings}: no FSDD recordings (*.wav); fix --data-dir (data.data_dir: the folder holding recordings/), or leave it empty to download")
     elif data.data_dir:
         for subset in data.subsets:
             folder = subset_dir(Path(data.data_dir), subset)

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from asr import checkpoint, corpora, ctc, evaluate, mnist
+from asr import checkpoint, corpora, ctc, evaluate, finetune, mnist
 from asr.config import Config, to_dict
 from asr.data import Shard, Utterance, filter_utterances, make_dataset
 from asr.distribute import LOST_PEER_ERRORS, all_equal, any_worker, distribute_batches, is_chief, is_multi_worker, lost_peer, make_strategy, worker_index
@@ -355,9 +355,11 @@ class Trainer:
         self.train_utts, self.dev_utts = list(train_utts), list(dev_utts)
         self.steps_per_epoch = check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
         with self._writing("the feature statistics"):
-            self.stats = feature_stats(config, self.train_utts, self.exp_dir, save=self.chief)
+            self.stats = finetune.model_stats(config, self.exp_dir, save=self.chief) or feature_stats(config, self.train_utts, self.exp_dir, save=self.chief)
         with self.strategy.scope():
             self.model = (model_factory or build_model)(config, self.vocab)
+            if found is None and config.train.init_from:
+                finetune.init_weights(config, self.model)
             self.optimizer = make_optimizer(config, self.model, self.steps_per_epoch)
         loss_scale = LossScale() if config.train.precision == "mixed_float16" else None
         self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm, loss_scale)

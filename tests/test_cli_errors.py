@@ -167,6 +167,7 @@ def good(tmp_path_factory):
     (folder / "text.txt").write_text(" ".join(words[:LM_TEXT_WORDS]) + "\n")
     assert main(["lm", "build", str(folder / "lm"), str(folder / "text.txt"), "--order", "2"]) == 0
     write_recipe(folder / "recipe", folder)
+    write_finetune_recipe(folder / "finetune", folder)
     return folder
 
 
@@ -180,6 +181,15 @@ def write_recipe(recipe: Path, data_dir: Path, train: str = "manifest.jsonl", de
         "train": {"epochs": 1},
     }
     (recipe / "config.yaml").write_text(json.dumps(config, indent=1) + "\n")  # JSON is YAML
+    return recipe
+
+
+def write_finetune_recipe(recipe: Path, data_dir: Path, train: str = "manifest.jsonl", **sections) -> Path:
+    """A manifest recipe for --init-from: no features, text or model section (the model's are taken)."""
+    recipe.mkdir(parents=True, exist_ok=True)
+    config = {"name": "tiny_finetune", "data": {"corpus": "manifest", "data_dir": str(data_dir), "train_manifest": train, "batch_size": 2},
+              "train": {"epochs": 1, "learning_rate": 0.0005}, **sections}
+    (recipe / "config.yaml").write_text(json.dumps(config, indent=1) + "\n")
     return recipe
 
 
@@ -208,6 +218,7 @@ def commands(good: Path, model=MODEL, manifest=None, lm=None, out=None) -> dict:
     audio = json.loads((good / "manifest.jsonl").read_text().splitlines()[0])["audio_filepath"]
     return {
         "train": ["train", good / "recipe", "--exp-dir", out],
+        "train --init-from": ["train", good / "finetune", "--exp-dir", out, "--init-from", model],
         "transcribe": ["transcribe", model, audio],
         "transcribe --lm": ["transcribe", model, audio, "--lm", lm],
         "evaluate": ["evaluate", model, manifest, "--report-dir", out],
@@ -218,7 +229,7 @@ def commands(good: Path, model=MODEL, manifest=None, lm=None, out=None) -> dict:
     }
 
 
-COMMANDS = ["train", "transcribe", "transcribe --lm", "evaluate", "evaluate --lm", "average", "lm build", "lm tune"]
+COMMANDS = ["train", "train --init-from", "transcribe", "transcribe --lm", "evaluate", "evaluate --lm", "average", "lm build", "lm tune"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -323,6 +334,51 @@ def test_other_commands_bad_model_dir(good, no_long_work, tmp_path, capsys, comm
     one_line(capsys, tmp_path, argv, culprit)
 
 
+@pytest.mark.parametrize("name,kind", MODEL_MISTAKES, ids=[f"{n or 'model_dir'}-{k}" for n, k in MODEL_MISTAKES])
+def test_train_init_from_bad_model_dir(good, no_long_work, tmp_path, capsys, name, kind):
+    """Fine-tuning from a broken model: one line naming --init-from and the culprit, before training."""
+    model, culprit = broken_model(tmp_path, name, kind)
+    line = one_line(capsys, tmp_path, commands(good, model=model, out=tmp_path / "out")["train --init-from"], culprit)
+    assert "--init-from" in line
+
+
+_SHIPPED = json.loads((MODEL / "config.json").read_text())  # whichever model is committed: the mistakes differ from it
+INIT_MISTAKES = {  # a recipe contradicting the model it fine-tunes -> (argv tail, culprits)
+    "alphabet from --set": (["--set", "text.alphabet=abc"], ["--set", "text.alphabet", "leave 'text.alphabet' out"]),
+    "architecture from --set": (["--set", f"model.num_units={_SHIPPED['model']['num_units'] + 1}"], ["model.num_units", f"but {_SHIPPED['model']['num_units']} in"]),
+    "features from --set": (["--set", f"features.n_mfcc={_SHIPPED['features']['n_mfcc'] - 1}"], ["features.n_mfcc", f"but {_SHIPPED['features']['n_mfcc']} in"]),
+}
+
+
+@pytest.mark.parametrize("name", list(INIT_MISTAKES))
+def test_train_init_from_a_contradicting_recipe(good, no_long_work, tmp_path, capsys, name):
+    tail, culprits = INIT_MISTAKES[name]
+    one_line(capsys, tmp_path, commands(good, out=tmp_path / "out")["train --init-from"] + tail, *culprits)
+
+
+def test_train_init_from_a_recipe_with_its_own_model(good, no_long_work, tmp_path, capsys):
+    """The plain tiny recipe sets its own model: --init-from names the first key in the way."""
+    one_line(capsys, tmp_path, ["train", good / "recipe", "--exp-dir", tmp_path / "out", "--init-from", MODEL],
+             good / "recipe" / "config.yaml", "features.normalization", "leave")
+
+
+def test_train_init_from_with_the_mnist_recipe(no_long_work, tmp_path, capsys):
+    one_line(capsys, tmp_path, ["train", REPO / "recipes" / "mnist", "--exp-dir", tmp_path / "out", "--init-from", MODEL], "train.init_from", "classify")
+
+
+def test_train_init_from_a_damaged_vocabulary(good, no_long_work, tmp_path, capsys):
+    """vocab.json with another alphabet than config.json's (checksums, if any, recomputed to match)."""
+    from asr.checkpoint import CHECKSUMS, _seal
+
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model)
+    (model / "vocab.json").write_text(json.dumps({"alphabet": " abc"}) + "\n")
+    config = json.loads((model / "config.json").read_text())
+    config.pop(CHECKSUMS, None)
+    _seal(model, config)
+    one_line(capsys, tmp_path, commands(good, model=model, out=tmp_path / "out")["train --init-from"], model / "vocab.json", "alphabet")
+
+
 # --- manifests (evaluate, lm tune, train's train and dev manifests) --------------------------------
 
 MANIFEST_MISTAKES = ["missing", "folder", "empty", "not_utf8", "unreadable", "garbage", "audio_missing", "audio_folder", "bad_duration"]
@@ -344,11 +400,14 @@ def broken_manifest(good: Path, path: Path, kind: str) -> tuple[Path, str]:
     return path, f"{path}:1"
 
 
-@pytest.mark.parametrize("command", ["evaluate", "lm tune", "train (train manifest)", "train (dev manifest)"])
+@pytest.mark.parametrize("command", ["evaluate", "lm tune", "train (train manifest)", "train (dev manifest)", "train --init-from"])
 @pytest.mark.parametrize("kind", MANIFEST_MISTAKES)
 def test_bad_manifest(good, no_long_work, tmp_path, capsys, command, kind):
     manifest, culprit = broken_manifest(good, tmp_path / "bad.jsonl", kind)
-    if command.startswith("train"):
+    if command == "train --init-from":
+        recipe = write_finetune_recipe(tmp_path / "recipe", tmp_path, "bad.jsonl")
+        argv = ["train", recipe, "--exp-dir", tmp_path / "exp", "--init-from", MODEL]
+    elif command.startswith("train"):
         train, dev = ("bad.jsonl", "") if "train manifest" in command else (str(good / "manifest.jsonl"), "bad.jsonl")
         recipe = write_recipe(tmp_path / "recipe", tmp_path, train, dev)
         argv = ["train", recipe, "--exp-dir", tmp_path / "exp"]
@@ -525,6 +584,21 @@ def test_bad_librispeech_data_dir(no_long_work, tmp_path, capsys):
     recipe = REPO / "recipes" / "librispeech_small"
     data_dir = put(tmp_path / "corpus", "empty_folder")
     one_line(capsys, tmp_path, ["train", recipe, "--data-dir", data_dir, "--exp-dir", tmp_path / "exp"], data_dir)
+
+
+@pytest.mark.parametrize("recipe", ["fsdd", "fsdd/finetune"])
+def test_bad_fsdd_data_dir(no_long_work, monkeypatch, tmp_path, capsys, recipe):
+    monkeypatch.chdir(REPO)
+    data_dir = put(tmp_path / "corpus", "empty_folder")  # no recordings/ in it
+    one_line(capsys, tmp_path, ["train", REPO / "recipes" / recipe, "--data-dir", data_dir, "--exp-dir", tmp_path / "exp"], data_dir / "recordings")
+
+
+def test_good_fsdd_recipes_get_to_work(no_long_work, monkeypatch, tmp_path):
+    fsdd = require(SHARED_DATA / "fsdd")
+    monkeypatch.chdir(REPO)  # where recipes/fsdd/finetune's train.init_from is relative to
+    for recipe in ("fsdd", "fsdd/finetune"):
+        with pytest.raises(LongWorkStarted):
+            main(["train", str(REPO / "recipes" / recipe), "--data-dir", str(fsdd), "--exp-dir", str(tmp_path / recipe)])
 
 
 # --- outputs: checked before the long work, never half written --------------------------------------
