@@ -7,7 +7,7 @@ A model directory holds everything `transcribe` and `evaluate` need:
     stats.json    global feature mean/std (absent with per-utterance normalization)
     weights.npz   the model's weights, in creation order, with their shapes checked on load
 A training checkpoint (checkpoints/ckpt-<step>) is a model directory plus optimizer.npz and
-state.json (step, epoch, position in the epoch, best dev WER, the run's id). Folders are written
+state.json (step, epoch, position in the epoch, best dev result, the run's id). Folders are written
 under a temporary name and renamed (asr.io.atomic_dir), so a killed run never leaves a
 half-written one behind; loading verifies the checksums, so a damaged file is named, never used.
 Folders written before checksums existed load without them.

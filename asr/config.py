@@ -110,7 +110,7 @@ class TrainConfig:
     clip_norm: float = 5.0  # global gradient-norm clipping
     checkpoint_every: int = 500  # steps between checkpoints (and at every epoch's end)
     keep_epochs: int = 0  # model directories of the last N epochs kept in exp_dir/epochs/ (for asr average)
-    patience: int = 0  # early stopping: epochs without dev-WER improvement (0 = never stop early)
+    patience: int = 0  # early stopping: epochs without a better dev score (asr.train.dev_score: WER, then CER; 0 = never stop early)
     seed: int = 1234  # weights, dropout and shuffling
     strategy: str = "default"  # "default", "mirrored" (several GPUs) or "multi_worker" (several machines)
     log_every: int = 20  # steps between TensorBoard scalars

@@ -501,13 +501,13 @@ class Trainer:
                 self.state.best = record
                 self.state.epochs_without_improvement = 0
                 self.save_model(self.exp_dir / "model")
-                log.info("new best dev WER: model saved to %s", self.exp_dir / "model")
+                log.info("new best dev score: model saved to %s", self.exp_dir / "model")
             else:
                 self.state.epochs_without_improvement += 1
                 patience = self.config.train.patience
                 stop = bool(patience) and self.state.epochs_without_improvement >= patience
                 if stop:
-                    log.info("early stopping: no dev WER improvement for %d epochs", patience)
+                    log.info("early stopping: no better dev score for %d epochs", patience)
         else:
             self.save_model(self.exp_dir / "model")
         self.keep_epoch_model(epoch)
