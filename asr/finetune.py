@@ -77,22 +77,14 @@ def source_config(init_from: str | Path) -> Config:
     return config
 
 
-def model_stats(config: Config, exp_dir: Path, save: bool = True) -> FeatureStats | None:
-    """The run's feature statistics when they come from the train.init_from model
-    (train.init_stats "model", global normalization), kept as exp_dir/stats.json like computed
-    ones (unless not save: a worker other than the chief); None when they are to be computed
-    (asr.train.feature_stats) or there are none."""
+def model_stats(config: Config) -> FeatureStats | None:
+    """The train.init_from model's feature statistics when the run takes them from there
+    (train.init_stats "model"); None when they are to be computed over the training set."""
     t = config.train
-    if not t.init_from or t.init_stats != "model" or config.features.normalization != "global":
+    if not t.init_from or t.init_stats != "model":
         return None
-    path = Path(exp_dir) / "stats.json"
-    if path.is_file():  # a resumed run's
-        return FeatureStats.load(path)
-    stats = checkpoint.read_model_meta(t.init_from)[2]
-    if save:
-        stats.save(path)
     log.info("feature statistics from %s (train.init_stats: model)", t.init_from)
-    return stats
+    return checkpoint.read_model_meta(t.init_from)[2]
 
 
 def init_weights(config: Config, model) -> None:

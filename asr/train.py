@@ -46,14 +46,18 @@ def feature_cache_dir() -> Path:
 
 
 def feature_stats(config: Config, train_utts, exp_dir: Path, save: bool = True) -> FeatureStats | None:
-    """Global mean/std over the training set (computed once, kept in exp_dir unless not save)."""
+    """Global mean/std of the features: the train.init_from model's (asr.finetune.model_stats) or
+    computed over the training set; found once, kept in exp_dir (unless not save: a worker other
+    than the chief) and read from there by a resumed run."""
     if config.features.normalization != "global":
         return None
     path = exp_dir / "stats.json"
     if path.is_file():
         return FeatureStats.load(path)
-    log.info("computing feature statistics over %d training utterances", len(train_utts))
-    stats = compute_stats([u.audio_filepath for u in train_utts], config.features, cache_dir=feature_cache_dir())
+    stats = finetune.model_stats(config)
+    if stats is None:
+        log.info("computing feature statistics over %d training utterances", len(train_utts))
+        stats = compute_stats([u.audio_filepath for u in train_utts], config.features, cache_dir=feature_cache_dir())
     if save:
         stats.save(path)
     return stats
@@ -355,7 +359,7 @@ class Trainer:
         self.train_utts, self.dev_utts = list(train_utts), list(dev_utts)
         self.steps_per_epoch = check_trainable(config, self.train_utts, self.dev_utts, self.vocab)
         with self._writing("the feature statistics"):
-            self.stats = finetune.model_stats(config, self.exp_dir, save=self.chief) or feature_stats(config, self.train_utts, self.exp_dir, save=self.chief)
+            self.stats = feature_stats(config, self.train_utts, self.exp_dir, save=self.chief)
         with self.strategy.scope():
             self.model = (model_factory or build_model)(config, self.vocab)
             if found is None and config.train.init_from:
