@@ -302,7 +302,19 @@ def make_dataset(
     numbers = np.array([n for n, _ in elements], dtype=np.int64)  # a batch's number in the epoch seeds its augmentation
     dataset = tf.data.Dataset.from_tensor_slices((index, numbers))
     dataset = dataset.map(loader.tf_load, num_parallel_calls=max(1, num_parallel_calls), deterministic=True)
-    return dataset.prefetch(PREFETCH_BATCHES), skipped
+    return without_autotune(dataset.prefetch(PREFETCH_BATCHES)), skipped
+
+
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset with tf.data's autotuning switched off (its parallelism and prefetch are fixed anyway).
+
+    The autotuning thread sleeps between optimizations for up to 60 s, and in TF 2.21 dropping an
+    iterator sometimes waits out that sleep: with it on, 6 of 48 epochs of a librispeech_small
+    run stalled about 60 s at their end, in the iterator's destructor (bench/data_iterator.py).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 class _BatchLoader:

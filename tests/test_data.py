@@ -123,6 +123,8 @@ def test_dataset_batches(corpus, tmp_path):
             assert not labels[batch["label_lengths"][b] :].any()
     assert sorted(seen) == sorted(by_id)
     assert 0 <= padding_fraction(batches) < 0.5
+    # autotuning off: with it, dropping an epoch's iterator waited up to 60 s (bench/data_iterator.py)
+    assert dataset.options().autotune.enabled is False
 
 
 def test_dataset_order_and_resume(corpus):
