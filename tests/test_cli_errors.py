@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -298,12 +299,29 @@ EVERY_COMMAND_MODEL_MISTAKES = [("", "missing"), ("", "file"), ("config.json", "
                                 ("config.json", "unreadable"), ("weights.npz", "garbage")]
 
 
+def global_model(folder: Path) -> Path:
+    """The shipped model's weights, sealed as a model with global normalization and a stats.json
+    (the shipped model normalizes each utterance by itself and has none)."""
+    from asr.checkpoint import _seal
+    from asr.features import FeatureStats
+
+    folder.mkdir()
+    for name in ("vocab.json", "weights.npz"):
+        shutil.copy(MODEL / name, folder / name)
+    config = {k: v for k, v in json.loads((MODEL / "config.json").read_text()).items() if k != "checksums"}
+    config["features"]["normalization"] = "global"
+    num_features = config["features"]["n_mfcc"] * (3 if config["features"]["deltas"] else 1)
+    FeatureStats(np.zeros(num_features, np.float32), np.ones(num_features, np.float32), 1).save(folder / "stats.json")
+    _seal(folder, config)
+    return folder
+
+
 def broken_model(tmp_path: Path, name: str, kind: str) -> tuple[Path, Path]:
     """(a model directory with the mistake, the path to name in the error)."""
     model = tmp_path / "model"
     if name == "":
         return put(model, kind), model
-    linked_copy(MODEL, model)
+    linked_copy(global_model(tmp_path / "global") if name == "stats.json" else MODEL, model)
     target = model / name
     if kind in ("unknown_key", "bad_value"):
         config = json.loads((MODEL / name).read_text())
@@ -314,7 +332,7 @@ def broken_model(tmp_path: Path, name: str, kind: str) -> tuple[Path, Path]:
         target.unlink()
         target.write_text(json.dumps(config))
         return model, target
-    good_json = (MODEL / name).read_bytes()[:40] if name.endswith(".json") else b""
+    good_json = (model / name).read_bytes()[:40] if name.endswith(".json") else b""
     return model, put(target, kind, good_json)
 
 
