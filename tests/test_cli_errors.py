@@ -377,7 +377,7 @@ def test_train_init_from_a_contradicting_recipe(good, no_long_work, tmp_path, ca
 def test_train_init_from_a_recipe_with_its_own_model(good, no_long_work, tmp_path, capsys):
     """The plain tiny recipe sets its own model: --init-from names the first key in the way."""
     one_line(capsys, tmp_path, ["train", good / "recipe", "--exp-dir", tmp_path / "out", "--init-from", MODEL],
-             good / "recipe" / "config.yaml", "features.normalization", "leave")
+             good / "recipe" / "config.yaml", "model.num_layers", "leave")
 
 
 def test_train_init_from_with_the_mnist_recipe(no_long_work, tmp_path, capsys):
