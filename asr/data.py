@@ -309,8 +309,8 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """The dataset with tf.data's autotuning switched off (its parallelism and prefetch are fixed anyway).
 
     The autotuning thread sleeps between optimizations for up to 60 s, and in TF 2.21 dropping an
-    iterator sometimes waits out that sleep: with it on, 6 of 48 epochs of a librispeech_small
-    run stalled about 60 s at their end, in the iterator's destructor (bench/data_iterator.py).
+    iterator sometimes waits out that sleep: with it on, 9 of 70 epochs of a librispeech_small
+    run stalled 50 to 65 s at their end, in the iterator's destructor (bench/data_iterator.py).
     """
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -6,8 +6,8 @@ CPU), so the iterator lives about --elements x --element-seconds / 2 seconds, th
 In TF 2.21, with autotuning on, the drop sometimes waits for the autotuning thread to finish its
 current sleep, whose period doubles up to 60 s: an end-of-epoch stall. Here, of five drops with
 autotuning on one took 51.8 s (the iterator had lived 90.1 s), the others under 0.4 s; of four
-with it off, none took over 0.07 s. During librispeech_small run 5 (autotuning still on), 6 of
-its first 48 epochs took about 60 s longer than the others, and py-spy caught the trainer in the
+with it off, none took over 0.07 s. During librispeech_small run 5 (autotuning still on), 9 of
+its 70 epochs took 50 to 65 s longer than the others, and py-spy caught the trainer in the
 iterator's destructor waiting for that thread (recipes/librispeech_small/README.md).
 asr.data.without_autotune switches autotuning off.
 
