@@ -302,16 +302,16 @@ EVERY_COMMAND_MODEL_MISTAKES = [("", "missing"), ("", "file"), ("config.json", "
 def global_model(folder: Path) -> Path:
     """The shipped model's weights, sealed as a model with global normalization and a stats.json
     (the shipped model normalizes each utterance by itself and has none)."""
-    from asr.checkpoint import _seal
+    from asr.checkpoint import _seal, _verified_config
+    from asr.config import from_dict
     from asr.features import FeatureStats
 
-    folder.mkdir()
-    for name in ("vocab.json", "weights.npz"):
-        shutil.copy(MODEL / name, folder / name)
-    config = {k: v for k, v in json.loads((MODEL / "config.json").read_text()).items() if k != "checksums"}
+    linked_copy(MODEL, folder)
+    (folder / "config.json").unlink()
+    config = _verified_config(MODEL)
     config["features"]["normalization"] = "global"
-    num_features = config["features"]["n_mfcc"] * (3 if config["features"]["deltas"] else 1)
-    FeatureStats(np.zeros(num_features, np.float32), np.ones(num_features, np.float32), 1).save(folder / "stats.json")
+    width = from_dict(config).features.num_features
+    FeatureStats(np.zeros(width, np.float32), np.ones(width, np.float32), 1).save(folder / "stats.json")
     _seal(folder, config)
     return folder
 
