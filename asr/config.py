@@ -18,6 +18,7 @@ CELL_TYPES = ("lstm", "gru", "ln_lstm", "ln_gru")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # train.precision (Keras dtype policies)
 CORPORA = ("librispeech", "fsdd", "manifest", "mnist")  # data.corpus
 INIT_STATS = ("model", "recompute")  # train.init_stats
+KEEP_BEST_BY = ("wer", "cer")  # train.keep_best_by: the dev metric that ranks epochs (asr.train.dev_score)
 MODEL_SECTIONS = ("features", "text", "model")  # what a trained model fixes: train.init_from takes them from it
 
 
@@ -110,7 +111,8 @@ class TrainConfig:
     clip_norm: float = 5.0  # global gradient-norm clipping
     checkpoint_every: int = 500  # steps between checkpoints (and at every epoch's end)
     keep_epochs: int = 0  # model directories of the last N epochs kept in exp_dir/epochs/ (for asr average)
-    patience: int = 0  # early stopping: epochs without a better dev score (asr.train.dev_score: WER, then CER; 0 = never stop early)
+    patience: int = 0  # early stopping: epochs without a better dev score (asr.train.dev_score; 0 = never stop early)
+    keep_best_by: str = "wer"  # the dev metric that picks the epoch kept as model/ (and early stopping): "wer" (WER, then CER) or "cer" (CER, then WER)
     seed: int = 1234  # weights, dropout and shuffling
     strategy: str = "default"  # "default", "mirrored" (several GPUs) or "multi_worker" (several machines)
     log_every: int = 20  # steps between TensorBoard scalars
@@ -121,6 +123,7 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "train.strategy", "default, mirrored or multi_worker")
         _check(self.precision in PRECISIONS, "train.precision", " or ".join(PRECISIONS))
+        _check(self.keep_best_by in KEEP_BEST_BY, "train.keep_best_by", " or ".join(f"'{s}'" for s in KEEP_BEST_BY))
         _check(self.init_stats in INIT_STATS, "train.init_stats", " or ".join(f"'{s}'" for s in INIT_STATS))
         for key in ("epochs", "checkpoint_every", "log_every"):
             _check(getattr(self, key) >= 1, f"train.{key}", "at least 1")

@@ -280,7 +280,7 @@ class TrainState:
     step: int = 0  # optimizer updates applied
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already consumed
-    best: dict | None = None  # the best dev record so far (by dev_score: lowest WER, CER on the CTC plateau)
+    best: dict | None = None  # the best dev record so far (by dev_score and train.keep_best_by)
     epochs_without_improvement: int = 0
     skipped_batches: int = 0  # batches skipped for a non-finite loss or gradient
     train_seconds: float = 0.0  # wall time spent in training steps and dev evaluation, over all resumes
@@ -303,17 +303,21 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def dev_score(record: dict | None) -> tuple:
-    """Sort key of dev results, lower is better: the WER, then the CER and the loss break ties.
+def dev_score(record: dict | None, by: str = "wer") -> tuple:
+    """Sort key of dev results, lower is better; by (train.keep_best_by) names the metric first.
 
-    On the CTC plateau the WER says nothing: empty transcripts score exactly 100% and the first
-    garbled ones score more, so early stopping on the WER alone would stop a run that is
-    learning, and keep its empty first epoch. Results with a WER of 100% or more therefore rank
-    after every result below 100%, and among themselves by CER.
+    by "wer": the WER, then the CER and the loss break ties. On the CTC plateau the WER says
+    nothing: empty transcripts score exactly 100% and the first garbled ones score more, so early
+    stopping on the WER alone would stop a run that is learning, and keep its empty first epoch.
+    Results with a WER of 100% or more therefore rank after every result below 100%, and among
+    themselves by CER. by "cer": the CER, then the WER and the loss (the CER falls from the first
+    epoch on, plateau or not).
     """
     if record is None:
         return (math.inf,)
     loss = record["loss"] if math.isfinite(record["loss"]) else math.inf
+    if by == "cer":
+        return (0, record["cer"], record["wer"], loss)
     if record["wer"] >= 1.0:
         return (1, record["cer"], record["wer"], loss)
     return (0, record["wer"], record["cer"], loss)
@@ -432,7 +436,12 @@ class Trainer:
         self.save()
         if not (self.exp_dir / "model").exists():
             self.save_model(self.exp_dir / "model")
-        summary = dict(steps=self.state.step, train_seconds=round(self.state.train_seconds, 1), best_dev_wer=self.state.best["wer"] if self.state.best else None, skipped_batches=self.state.skipped_batches, history=self.state.history)
+        best = self.state.best or {}
+        summary = dict(
+            steps=self.state.step, train_seconds=round(self.state.train_seconds, 1),
+            best_dev_wer=best.get("wer"), best_dev_cer=best.get("cer"), keep_best_by=self.config.train.keep_best_by,
+            skipped_batches=self.state.skipped_batches, history=self.state.history,
+        )
         if self.chief:
             with self._writing("summary.json"):
                 atomic_write_text(self.exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -501,7 +510,8 @@ class Trainer:
         stop = False
         if self.dev_utts and self.chief:
             record = self.evaluate_dev(epoch)
-            if dev_score(record) < dev_score(self.state.best):
+            by = self.config.train.keep_best_by
+            if dev_score(record, by) < dev_score(self.state.best, by):
                 self.state.best = record
                 self.state.epochs_without_improvement = 0
                 self.save_model(self.exp_dir / "model")
@@ -703,6 +713,6 @@ def describe_run(config: Config, summary: dict, exp_dir: str | Path) -> str:
     exp_dir = Path(exp_dir)
     if config.task == "classify":
         return f"test accuracy {100 * summary['test_accuracy']:.2f}% in {summary['train_seconds']:.0f} s; results in {exp_dir}"
-    best = summary["best_dev_wer"]
-    best_text = f"best dev WER {100 * best:.2f}%" if best is not None else "no dev set"
+    best_wer, best_cer = summary["best_dev_wer"], summary["best_dev_cer"]
+    best_text = f"kept dev WER {100 * best_wer:.2f}% CER {100 * best_cer:.2f}% (best by {summary['keep_best_by'].upper()})" if best_wer is not None else "no dev set"
     return f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s, {best_text}; model in {exp_dir / 'model'}"

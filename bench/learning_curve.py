@@ -3,7 +3,8 @@
 Each run is LABEL=EXP_DIR/summary.json (written by `asr train` and by bench/stock_keras_ctc.py at
 the end of a run): its "history" holds one record per epoch with the minutes of training and dev
 evaluation so far and the dev CER; a star marks the epoch that `asr train` kept as model/ (best by
-asr.train.dev_score: the dev WER first). With --wall the x axis is wall-clock minutes since the run
+asr.train.dev_score with the summary's keep_best_by: the dev WER or CER first; WER in summaries
+written before train.keep_best_by existed). With --wall the x axis is wall-clock minutes since the run
 started instead, read from the train.log beside each summary.json (the time stamp of each
 epoch's dev line, from the log's first line): that also counts start-up, checkpoint writes and
 anything else between the steps. Prints the table it plots.
@@ -28,12 +29,13 @@ from asr.train import dev_score  # noqa: E402  (the rule asr train keeps its mod
 Y_LIMIT_PERCENT = 60  # the first epochs sit on the CTC plateau near 100%: cut there so the tail is readable
 
 
-def read_history(path: Path) -> list[dict]:
-    """summary.json -> its per-epoch records (epoch, step, minutes, cer, wer, loss)."""
-    history = json.loads(path.read_text())["history"]
-    if not history:
+def read_history(path: Path) -> tuple[list[dict], str]:
+    """summary.json -> its per-epoch records (epoch, step, minutes, cer, wer, loss) and the
+    train.keep_best_by its model/ was kept by."""
+    summary = json.loads(path.read_text())
+    if not summary["history"]:
         raise SystemExit(f"{path}: no epochs in its history; was the run evaluated on a dev set?")
-    return history
+    return summary["history"], summary.get("keep_best_by", "wer")
 
 
 EPOCH_LINE = re.compile(r"^(\d\d:\d\d:\d\d) epoch (\d+) step ")  # asr.train.Trainer.evaluate_dev's log line
@@ -79,13 +81,13 @@ def main() -> None:
         label, _, path = run.rpartition("=")
         if not label:
             raise SystemExit(f"{run!r}: give each run as LABEL=path/to/summary.json")
-        history = read_history(Path(path))
+        history, keep_best_by = read_history(Path(path))
         if args.wall:
             clock = wall_minutes(Path(path).with_name("train.log"))
             history = [dict(r, minutes=clock[r["epoch"]]) for r in history]
         minutes = [r["minutes"] for r in history]
         cer = [100 * r["cer"] for r in history]
-        kept = min(history, key=dev_score)
+        kept = min(history, key=lambda r: dev_score(r, keep_best_by))
         lowest = min(history, key=lambda r: r["cer"])
         text = f"{label}: model/ = epoch {kept['epoch']} ({kept['minutes']:.0f} min), {100 * kept['cer']:.2f}%"
         if lowest is not kept:

@@ -215,6 +215,22 @@ def test_dev_score_ranks_the_ctc_plateau_by_cer():
     assert dev_score(record(0.80, 0.33, 90.0)) < dev_score(record(0.80, 0.33, float("nan"))) < dev_score(None)
 
 
+def test_dev_score_by_cer_ranks_the_cer_first():
+    from asr.train import dev_score
+
+    def record(wer, cer, loss=100.0):
+        return dict(wer=wer, cer=cer, loss=loss)
+
+    # run 5's epochs 49 and 51: the WER rule kept 49, the CER rule keeps 51
+    epoch49, epoch51 = record(0.6773, 0.2520), record(0.6793, 0.2480)
+    assert dev_score(epoch49) < dev_score(epoch51)
+    assert dev_score(epoch51, "cer") < dev_score(epoch49, "cer")
+    # the plateau needs no special case: the CER falls through it; the WER then the loss break ties
+    assert dev_score(record(1.2142, 0.6002), "cer") < dev_score(record(1.0, 0.9244), "cer")
+    assert dev_score(record(0.80, 0.33), "cer") < dev_score(record(0.82, 0.33), "cer")
+    assert dev_score(record(0.80, 0.33, 90.0), "cer") < dev_score(record(0.80, 0.33, float("nan")), "cer") < dev_score(None, "cer")
+
+
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, librispeech_root, monkeypatch, precision):
     """With dropout and augmentation on: train 7 steps at once, or 3 steps, then a fresh Trainer
@@ -307,3 +323,23 @@ def test_dropout_masks_follow_the_optimizer_step():
     assert not np.allclose(steps._grads(batch, scale)[1].numpy(), first)
     optimizer.iterations.assign(0)
     np.testing.assert_array_equal(steps._grads(batch, scale)[1].numpy(), first)
+
+
+@pytest.mark.parametrize("by, kept_epoch", [("wer", 2), ("cer", 3)])
+def test_train_keep_best_by_picks_the_epoch_kept_as_model(tmp_path, librispeech_root, monkeypatch, by, kept_epoch):
+    from asr.config import load_recipe
+    from asr.corpora import prepare
+    from asr.train import Trainer
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    config = load_recipe(recipe(tmp_path, librispeech_root, list(UTTERANCES), model={"num_units": 16, "num_layers": 1}, train={"keep_best_by": by}))
+    trainer = Trainer(config, tmp_path / "exp", *prepare(config, tmp_path / "exp"))
+    dev = {1: (0.70, 0.26), 2: (0.68, 0.27), 3: (0.69, 0.25), 4: (0.71, 0.255)}  # epoch -> (WER, CER)
+    saved = []
+    monkeypatch.setattr(trainer, "evaluate_dev", lambda epoch: dict(epoch=epoch, wer=dev[epoch][0], cer=dev[epoch][1], loss=100.0))
+    monkeypatch.setattr(trainer, "save_model", lambda folder: saved.append((trainer.state.epoch, Path(folder).name)))
+    for _ in dev:
+        trainer.end_epoch()
+    kept = [epoch for epoch, name in saved if name == "model"]
+    assert kept[-1] == kept_epoch and trainer.state.best["epoch"] == kept_epoch
+    assert kept == ([1, 2] if by == "wer" else [1, 3])
