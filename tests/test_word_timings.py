@@ -84,15 +84,24 @@ def test_greedy_words_are_the_argmax_path_s_own_frames(recognizer, dev):
 
 
 def correct_words(hypothesis, reference) -> list[tuple]:
-    """(reference word, hypothesis word) pairs the word alignment (jiwer) matches, in runs of two or
-    more matching words: a lone match between errors may pair a short word with another occurrence of
-    it ("afternoon to tell" against "af to knon to tell")."""
+    """(reference word, hypothesis word, check start, check end) for the words the word alignment
+    (jiwer) matches, in runs of two or more matching words: a lone match between errors may pair a
+    short word with another occurrence of it ("afternoon to tell" against "af to knon to tell").
+    A run's first start and last end are not checked where an error lies beyond them: that boundary
+    is shared with a word the two transcripts disagree on, so the two alignments may rightly put it
+    at different frames ("with exiles" against "when a exiles": the inserted "a" takes the frames of
+    the onset, and the hypothesis's "exiles" starts 120 ms later than the reference's)."""
     out = jiwer.process_words(" ".join(w.word for w in reference), " ".join(w.word for w in hypothesis))
-    pairs = []
+    words = []
     for chunk in out.alignments[0]:
-        if chunk.type == "equal" and chunk.ref_end_idx - chunk.ref_start_idx >= 2:
-            pairs += zip(reference[chunk.ref_start_idx: chunk.ref_end_idx], hypothesis[chunk.hyp_start_idx: chunk.hyp_end_idx])
-    return pairs
+        size = chunk.ref_end_idx - chunk.ref_start_idx
+        if chunk.type != "equal" or size < 2:
+            continue
+        error_before = chunk.ref_start_idx > 0 or chunk.hyp_start_idx > 0
+        error_after = chunk.ref_end_idx < len(reference) or chunk.hyp_end_idx < len(hypothesis)
+        for i, (ref, hyp) in enumerate(zip(reference[chunk.ref_start_idx: chunk.ref_end_idx], hypothesis[chunk.hyp_start_idx: chunk.hyp_end_idx])):
+            words.append((ref, hyp, i > 0 or not error_before, i < size - 1 or not error_after))
+    return words
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "beam 8", "lm"])
@@ -112,7 +121,7 @@ def test_correct_words_within_100_ms_of_the_reference_alignment(recognizer, dev,
         pairs += correct_words(hypothesis, reference)
         reference_words += len(reference)
     assert len(pairs) >= 0.2 * reference_words  # greedy recognizes about a quarter of the words (WER 75%)
-    late = [(r, h) for r, h in pairs if abs(r.start - h.start) > TOLERANCE or abs(r.end - h.end) > TOLERANCE]
+    late = [(r, h) for r, h, start, end in pairs if (start and abs(r.start - h.start) > TOLERANCE) or (end and abs(r.end - h.end) > TOLERANCE)]
     assert not late, late[:3]
 
 
