@@ -436,6 +436,10 @@ class Trainer:
         self.save()
         if not (self.exp_dir / "model").exists():
             self.save_model(self.exp_dir / "model")
+        return self.write_summary()
+
+    def write_summary(self) -> dict:
+        """The run so far as exp_dir/summary.json (steps, time, best dev scores, per-epoch history)."""
         best = self.state.best or {}
         summary = dict(
             steps=self.state.step, train_seconds=round(self.state.train_seconds, 1),
