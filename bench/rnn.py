@@ -12,7 +12,11 @@ librispeech_small batch after frame stacking: 16 utterances x 400 model steps (1
 step); --features 117 gives the recipe's 3 stacked frames of 39 (the default 39 is the
 historical figure in the README; it changes only the first layer's input projection).
 
-    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39]
+With --matmuls it then times the step's matmul shapes alone in both dtypes (the per-step
+recurrent ones, the all-steps input projections and gradients) and estimates how much of each
+step they take: what bf16 can speed up, and what it cannot.
+
+    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39] [--matmuls]
 """
 
 import argparse
@@ -122,6 +126,49 @@ def time_step(step, batch):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def time_matmul(shape_a, shape_b, dtype, iterations):
+    """Seconds per tf.matmul of operands of these shapes in dtype, in a tf.while_loop of
+    `iterations` (each iteration depends on the last, so none is hoisted out of the loop)."""
+    a = tf.cast(tf.random.normal(shape_a), dtype)
+    b = tf.cast(tf.random.normal(shape_b), dtype)
+
+    @tf.function
+    def run(a, b):
+        def body(i, total):
+            product = tf.matmul(a + tf.cast(total * 0.0, dtype), b)
+            return i + 1, total + tf.cast(tf.reshape(product, [-1])[0], tf.float32)
+
+        return tf.while_loop(lambda i, _: i < iterations, body, (0, tf.constant(0.0)))[1]
+
+    run(a, b).numpy()  # trace and warm up
+    start = time.perf_counter()
+    run(a, b).numpy()
+    return (time.perf_counter() - start) / iterations
+
+
+def matmul_table(batch, frames, step_float32, step_bf16):
+    """Times each matmul shape of ours' training step in float32 and bf16 and prints them with
+    their count per step (both directions run one BatchMatMul per step; the all-steps matmuls
+    are counted per layer and direction, the first layer's at 2U inputs too), and the estimated
+    matmul share of each measured step (seconds)."""
+    rows, gates = batch * frames, 4 * NUM_UNITS
+    shapes = {  # name: (a, b, count per training step, iterations to time)
+        "recurrent, per step [2,B,U]x[2,U,4U]": ([2, batch, NUM_UNITS], [2, NUM_UNITS, gates], frames * NUM_LAYERS, 2000),
+        "its gradient, per step [2,B,4U]x[2,4U,U]": ([2, batch, gates], [2, gates, NUM_UNITS], frames * NUM_LAYERS, 2000),
+        "all steps: projection and 3 gradients [B*T,2U]x[2U,4U]": ([rows, 2 * NUM_UNITS], [2 * NUM_UNITS, gates], 4 * 2 * NUM_LAYERS, 10),
+    }
+    totals = {tf.float32: 0.0, tf.bfloat16: 0.0}
+    for name, (shape_a, shape_b, count, iterations) in shapes.items():
+        seconds = {dtype: time_matmul(shape_a, shape_b, dtype, iterations) for dtype in totals}
+        for dtype in totals:
+            totals[dtype] += count * seconds[dtype]
+        print(f"  {name:>54}: float32 {seconds[tf.float32] * 1e6:7.0f} us, bf16 {seconds[tf.bfloat16] * 1e6:7.0f} us, "
+              f"ratio {seconds[tf.bfloat16] / seconds[tf.float32]:.2f}, x{count} a step")
+    rest = step_float32 - totals[tf.float32]
+    print(f"matmuls ~{totals[tf.float32]:.2f} s of the {step_float32:.2f} s float32 step, ~{totals[tf.bfloat16]:.2f} s in bf16 "
+          f"(ratio {totals[tf.bfloat16] / totals[tf.float32]:.2f}); the rest ~{rest:.2f} s float32, ~{step_bf16 - totals[tf.bfloat16]:.2f} s bf16")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per model")
@@ -129,6 +176,7 @@ def main():
     parser.add_argument("--frames", type=int, default=400, help="padded frames per utterance")
     parser.add_argument("--features", type=int, default=NUM_FEATURES, help="input values per step")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
+    parser.add_argument("--matmuls", action="store_true", help="then time the step's matmul shapes in both dtypes")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
@@ -160,6 +208,8 @@ def main():
     print(f"ratio ours-bf16/stock: {wall['ours-bf16'] / wall['stock']:.3f} wall, {cpu['ours-bf16'] / cpu['stock']:.3f} CPU")
     print(f"ratio bf16/float32 (ours): {wall['ours-bf16'] / wall['ours']:.3f} wall, {cpu['ours-bf16'] / cpu['ours']:.3f} CPU"
           f"  (issue 9's target: <= 0.6)")
+    if args.matmuls:
+        matmul_table(args.batch, args.frames, wall["ours"], wall["ours-bf16"])
 
 
 if __name__ == "__main__":
