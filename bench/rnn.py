@@ -146,27 +146,39 @@ def time_matmul(shape_a, shape_b, dtype, iterations):
     return (time.perf_counter() - start) / iterations
 
 
-def matmul_table(batch, frames, step_float32, step_bf16):
-    """Times each matmul shape of ours' training step in float32 and bf16 and prints them with
-    their count per step (both directions run one BatchMatMul per step; the all-steps matmuls
-    are counted per layer and direction, the first layer's at 2U inputs too), and the estimated
-    matmul share of each measured step (seconds)."""
-    rows, gates = batch * frames, 4 * NUM_UNITS
-    shapes = {  # name: (a, b, count per training step, iterations to time)
-        "recurrent, per step [2,B,U]x[2,U,4U]": ([2, batch, NUM_UNITS], [2, NUM_UNITS, gates], frames * NUM_LAYERS, 2000),
-        "its gradient, per step [2,B,4U]x[2,4U,U]": ([2, batch, gates], [2, gates, NUM_UNITS], frames * NUM_LAYERS, 2000),
-        "all steps: projection and 3 gradients [B*T,2U]x[2U,4U]": ([rows, 2 * NUM_UNITS], [2 * NUM_UNITS, gates], 4 * 2 * NUM_LAYERS, 10),
+def step_matmuls(batch, frames, features):
+    """{shapes (a, b): count per training step} of ours' matmuls: per step and layer, the two
+    directions' recurrent product and its gradient (one BatchMatMul each); per layer and
+    direction, the input projection, its kernel's gradient, the input's gradient (not for the
+    first layer, whose input needs none) and the recurrent kernel's gradient (gradient.py)."""
+    rows, units, gates = batch * frames, NUM_UNITS, 4 * NUM_UNITS
+    counts = {
+        ((2, batch, units), (2, units, gates)): frames * NUM_LAYERS,
+        ((2, batch, gates), (2, gates, units)): frames * NUM_LAYERS,
+        ((units, rows), (rows, gates)): 2 * NUM_LAYERS,
     }
+    for layer in range(NUM_LAYERS):
+        inputs = features if layer == 0 else 2 * units
+        for shapes in [((rows, inputs), (inputs, gates)), ((inputs, rows), (rows, gates))] + ([((rows, gates), (gates, inputs))] if layer else []):
+            counts[shapes] = counts.get(shapes, 0) + 2
+    return counts
+
+
+def matmul_table(batch, frames, features, step_float32, step_bf16):
+    """Times each matmul shape of ours' training step (step_matmuls) in float32 and bf16, prints
+    them with their counts, and the estimated matmul share of the measured steps (seconds)."""
     totals = {tf.float32: 0.0, tf.bfloat16: 0.0}
-    for name, (shape_a, shape_b, count, iterations) in shapes.items():
+    for (shape_a, shape_b), count in step_matmuls(batch, frames, features).items():
+        iterations = 2000 if shape_a[0] == 2 else 10  # the per-step products are 100x smaller
         seconds = {dtype: time_matmul(shape_a, shape_b, dtype, iterations) for dtype in totals}
         for dtype in totals:
             totals[dtype] += count * seconds[dtype]
-        print(f"  {name:>54}: float32 {seconds[tf.float32] * 1e6:7.0f} us, bf16 {seconds[tf.bfloat16] * 1e6:7.0f} us, "
+        name = f"{list(shape_a)} x {list(shape_b)}"
+        print(f"  {name:>28}: float32 {seconds[tf.float32] * 1e6:7.0f} us, bf16 {seconds[tf.bfloat16] * 1e6:7.0f} us, "
               f"ratio {seconds[tf.bfloat16] / seconds[tf.float32]:.2f}, x{count} a step")
-    rest = step_float32 - totals[tf.float32]
-    print(f"matmuls ~{totals[tf.float32]:.2f} s of the {step_float32:.2f} s float32 step, ~{totals[tf.bfloat16]:.2f} s in bf16 "
-          f"(ratio {totals[tf.bfloat16] / totals[tf.float32]:.2f}); the rest ~{rest:.2f} s float32, ~{step_bf16 - totals[tf.bfloat16]:.2f} s bf16")
+    print(f"matmuls ~{totals[tf.float32]:.2f} s of the {step_float32:.2f} s float32 step, ~{totals[tf.bfloat16]:.2f} s of the "
+          f"{step_bf16:.2f} s bf16 step (ratio {totals[tf.bfloat16] / totals[tf.float32]:.2f}); the rest ~{step_float32 - totals[tf.float32]:.2f} s "
+          f"and ~{step_bf16 - totals[tf.bfloat16]:.2f} s")
 
 
 def main():
@@ -209,7 +221,7 @@ def main():
     print(f"ratio bf16/float32 (ours): {wall['ours-bf16'] / wall['ours']:.3f} wall, {cpu['ours-bf16'] / cpu['ours']:.3f} CPU"
           f"  (issue 9's target: <= 0.6)")
     if args.matmuls:
-        matmul_table(args.batch, args.frames, wall["ours"], wall["ours-bf16"])
+        matmul_table(args.batch, args.frames, args.features, wall["ours"], wall["ours-bf16"])
 
 
 if __name__ == "__main__":
