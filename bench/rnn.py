@@ -17,6 +17,7 @@ recurrent ones, the all-steps input projections and gradients) and estimates how
 step they take: what bf16 can speed up, and what it cannot.
 
     python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39] [--matmuls]
+                        [--intra-op-threads N] [--inter-op-threads N]
 """
 
 import argparse
@@ -148,13 +149,13 @@ def time_matmul(shape_a, shape_b, dtype, iterations):
 
 def step_matmuls(batch, frames, features):
     """{shapes (a, b): count per training step} of ours' matmuls: per step and layer, the two
-    directions' recurrent product and its gradient (one BatchMatMul each); per layer and
+    directions' recurrent products and their gradients (two MatMuls each); per layer and
     direction, the input projection, its kernel's gradient, the input's gradient (not for the
     first layer, whose input needs none) and the recurrent kernel's gradient (gradient.py)."""
     rows, units, gates = batch * frames, NUM_UNITS, 4 * NUM_UNITS
     counts = {
-        ((2, batch, units), (2, units, gates)): frames * NUM_LAYERS,
-        ((2, batch, gates), (2, gates, units)): frames * NUM_LAYERS,
+        ((batch, units), (units, gates)): 2 * frames * NUM_LAYERS,
+        ((batch, gates), (gates, units)): 2 * frames * NUM_LAYERS,
         ((units, rows), (rows, gates)): 2 * NUM_LAYERS,
     }
     for layer in range(NUM_LAYERS):
@@ -169,7 +170,7 @@ def matmul_table(batch, frames, features, step_float32, step_bf16):
     them with their counts, and the estimated matmul share of the measured steps (seconds)."""
     totals = {tf.float32: 0.0, tf.bfloat16: 0.0}
     for (shape_a, shape_b), count in step_matmuls(batch, frames, features).items():
-        iterations = 2000 if shape_a[0] == 2 else 10  # the per-step products are 100x smaller
+        iterations = 2000 if shape_a[0] == batch else 10  # the per-step products are 100x smaller
         seconds = {dtype: time_matmul(shape_a, shape_b, dtype, iterations) for dtype in totals}
         for dtype in totals:
             totals[dtype] += count * seconds[dtype]
@@ -189,7 +190,11 @@ def main():
     parser.add_argument("--features", type=int, default=NUM_FEATURES, help="input values per step")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     parser.add_argument("--matmuls", action="store_true", help="then time the step's matmul shapes in both dtypes")
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="threads within one op (0: TensorFlow's default)")
+    parser.add_argument("--inter-op-threads", type=int, default=0, help="ops run side by side (0: TensorFlow's default)")
     args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
     keras.utils.set_random_seed(0)
     batch = make_batch(args.batch, args.frames, args.features)
@@ -211,7 +216,8 @@ def main():
     wall = {name: statistics.median(w for w, _ in t) for name, t in times.items()}
     cpu = {name: statistics.median(c for _, c in t) for name, t in times.items()}
     print(f"batch {args.batch}, frames {args.frames} x {args.features} (lengths {int(batch[1].numpy().min())}..{args.frames}), "
-          f"{args.repeats} repeats, {os.cpu_count()} CPUs, tf {tf.__version__}, keras {keras.__version__}")
+          f"{args.repeats} repeats, {os.cpu_count()} CPUs, threads intra-op {args.intra_op_threads or 'default'} "
+          f"inter-op {args.inter_op_threads or 'default'}, tf {tf.__version__}, keras {keras.__version__}")
     for name, t in times.items():
         all_wall = ", ".join(f"{w * 1000:.0f}" for w, _ in t)
         print(f"{name:>9}: median {wall[name] * 1000:8.1f} ms/step wall, {cpu[name] * 1000:8.1f} ms CPU"

@@ -7,7 +7,13 @@ summary.json), prints dev CER/WER, minutes and process CPU minutes at every epoc
 keeps EXP_DIR/summary.json (asr train's format, plus cpu_minutes per epoch) up to date after each
 epoch, for bench/learning_curve.py.
 
-    python bench/stock_keras_ctc.py --data-dir ../shared/data/librispeech_small --exp-dir exp/stock --minutes 100.5
+Threads: on 2 cores keras.layers.Bidirectional runs its two directions side by side when each op
+gets one thread (--intra-op-threads 1 --inter-op-threads 2): an epoch took 2.5 min against 3.3 with
+TensorFlow's default (2026-11-30), so the budget run uses them (the recipe's own model, in bf16, is
+no faster with them: 3 epochs in 4.3 min against 4.1).
+
+    python bench/stock_keras_ctc.py --data-dir ../shared/data/librispeech_small --exp-dir exp/stock_threads \
+        --minutes 100.5 --intra-op-threads 1 --inter-op-threads 2
 """
 
 from __future__ import annotations
@@ -61,7 +67,11 @@ def main() -> None:
     parser.add_argument("--exp-dir", default="exp/stock_keras")
     parser.add_argument("--minutes", type=float, default=30.0, help="stop after the epoch that passes this many training minutes")
     parser.add_argument("--epochs", type=int, default=1000, help="stop after this many epochs if the budget lasts longer")
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="threads within one op (0: TensorFlow's default)")
+    parser.add_argument("--inter-op-threads", type=int, default=0, help="ops run side by side (0: TensorFlow's default)")
     args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     overrides = [
         f"data.data_dir={Path(args.data_dir).resolve()}", "data.batch_size=8", "model.input_keep_prob=1.0",
         "model.output_keep_prob=1.0", "train.learning_rate=0.001", "train.warmup_steps=0", "train.decay_steps=0",

@@ -12,8 +12,10 @@ Instead:
   before the loop) computes dL/dU = sum_t h_{t-1}^T dL/dz_t as ONE matmul [n*B, U]^T x [n*B, G],
   from the h's entering each step, which `KernelGradient.set_carried` gives after the loop.
 Both directions of a bidirectional layer run in one loop on states [2, B, U]: their kernels are
-then a pair (two MatMuls and a stack: in float32 on CPU ~3x faster than one BatchMatMul here) or,
-in the dtypes of BATCHED_MATMUL_DTYPES, stacked to [2, U, G] for one BatchMatMul (`pair_kernels`).
+then a pair, two MatMuls and a stack (`pair_kernels`). One BatchMatMul of the kernels stacked to
+[2, U, G] is slower in both dtypes on this CPU: a B=16 product 223 us against 137 us for the pair
+in float32, 164 against 87 us in bf16, and the bench/rnn.py step 0.79x float32's in bf16 with it
+against 0.68x with the pair (2026-11-30; an earlier measurement had favoured it in bf16).
 Mixed precision: the kernels are in the matmul (compute) dtype; h is cast to it for the product
 and the product back to h's dtype, so only the matmul runs in bf16/f16.
 """
@@ -22,18 +24,12 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-# Dtypes in which the two directions' recurrent matmuls run as one BatchMatMul (pair_kernels):
-# in bf16 it took the bench/rnn.py step from 0.77x to 0.64x of float32's (the two MatMuls of B=16
-# rows are slow in oneDNN's bf16 path); in float32 it was 5% slower than two MatMuls.
-BATCHED_MATMUL_DTYPES = (tf.bfloat16,)
-
-
 class FrozenKernel(NamedTuple):
     """A recurrent kernel whose gradient a KernelGradient computes after the loop: in the loop,
     h @ kernel only passes dL/dh = dL/dz kernel^T back."""
 
-    kernel: tf.Tensor  # [U, G] ([2, U, G] for two directions stacked), gradient stopped
-    transposed: tf.Tensor  # [G, U] ([2, G, U])
+    kernel: tf.Tensor  # [U, G], gradient stopped
+    transposed: tf.Tensor  # [G, U]
 
 
 def recurrent_matmul(h, kernel):
@@ -64,12 +60,8 @@ def _frozen_matmul(h, frozen):
 
 def pair_kernels(fw, bw):
     """Two directions' kernels (tensors [U, G] or FrozenKernels) as one operand of recurrent_matmul
-    for h [2, B, U]: a pair, or stacked to [2, U, G] in BATCHED_MATMUL_DTYPES."""
-    if isinstance(fw, FrozenKernel):
-        if fw.kernel.dtype not in BATCHED_MATMUL_DTYPES:
-            return (fw, bw)
-        return FrozenKernel(tf.stack([fw.kernel, bw.kernel]), tf.stack([fw.transposed, bw.transposed]))
-    return tf.stack([fw, bw]) if fw.dtype in BATCHED_MATMUL_DTYPES else (fw, bw)
+    for h [2, B, U]."""
+    return (fw, bw)
 
 
 class KernelGradient:
