@@ -8,8 +8,8 @@ keeps EXP_DIR/summary.json (asr train's format, plus cpu_minutes per epoch) up t
 epoch, for bench/learning_curve.py.
 
 Threads: on 2 cores keras.layers.Bidirectional runs its two directions side by side when each op
-gets one thread (--intra-op-threads 1 --inter-op-threads 2): an epoch took 2.5 min against 3.3 with
-TensorFlow's default (2026-11-30), so the budget run uses them (the recipe's own model, in bf16, is
+gets one thread (--intra-op-threads 1 --inter-op-threads 2): an epoch took 2.55 min against 3.15 with
+TensorFlow's default (averages of the two budget runs, 2026-11-30), so the budget run uses them (the recipe's own model, in bf16, is
 no faster with them: 3 epochs in 4.3 min against 4.1).
 
     python bench/stock_keras_ctc.py --data-dir ../shared/data/librispeech_small --exp-dir exp/stock_threads \
