@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from asr.rnn.cells import RECURRENT_KERNEL, RecurrentCell
 from asr.rnn.dropout import DropoutMasks, apply_mask, drop_state, prepare
-from asr.rnn.gradient import KernelGradient, pair_kernels
+from asr.rnn.gradient import KernelGradient
 from asr.rnn.loop import checked_lengths, loop, num_steps, unroll
 
 
@@ -62,9 +62,9 @@ def _direction(cell, step_inputs, initial_state, training, dropout_seed):
 
 def _fuse(fw, bw):
     """Two directions of equal fusion keys as one on stacked tensors: weights [2, B, ...] (the
-    kernels a pair, see gradient.pair_kernels), states [2, B, U], projected [n, 2, B, G]."""
+    kernels a pair (fw, bw), see gradient.recurrent_matmul), states [2, B, U], projected [n, 2, B, G]."""
     weights = {key: tf.stack([fw.weights[key], bw.weights[key]]) for key in fw.weights if key != RECURRENT_KERNEL}
-    weights[RECURRENT_KERNEL] = pair_kernels(fw.weights[RECURRENT_KERNEL], bw.weights[RECURRENT_KERNEL])
+    weights[RECURRENT_KERNEL] = (fw.weights[RECURRENT_KERNEL], bw.weights[RECURRENT_KERNEL])
     states = [tf.stack(pair) for pair in zip(fw.states, bw.states)]
     projected = tf.stack([fw.projected, bw.projected], axis=1)
     masks = DropoutMasks(None, None, _stacked_mask(fw.masks.state, bw.masks.state))

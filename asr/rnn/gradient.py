@@ -12,7 +12,7 @@ Instead:
   before the loop) computes dL/dU = sum_t h_{t-1}^T dL/dz_t as ONE matmul [n*B, U]^T x [n*B, G],
   from the h's entering each step, which `KernelGradient.set_carried` gives after the loop.
 Both directions of a bidirectional layer run in one loop on states [2, B, U]: their kernels are
-then a pair, two MatMuls and a stack (`pair_kernels`). One BatchMatMul of the kernels stacked to
+then a pair (fw, bw): two MatMuls and a stack (`recurrent_matmul`). One BatchMatMul of the kernels stacked to
 [2, U, G] is slower in both dtypes on this CPU: a B=16 product 223 us against 137 us for the pair
 in float32, 164 against 87 us in bf16, and the bench/rnn.py step 0.79x float32's in bf16 with it
 against 0.68x with the pair (2026-11-30; an earlier measurement had favoured it in bf16).
@@ -34,7 +34,7 @@ class FrozenKernel(NamedTuple):
 
 def recurrent_matmul(h, kernel):
     """h @ kernel: h [B, U] and kernel [U, G] (a tensor or a FrozenKernel); or both directions
-    at once, h [2, B, U] and kernels from `pair_kernels`. h is cast to the kernel's dtype and the
+    at once, h [2, B, U] and the pair (fw, bw) of their kernels. h is cast to the kernel's dtype and the
     product back to h's (no-ops unless the cell runs in mixed precision). Returns [..., B, G]."""
     first = kernel[0] if isinstance(kernel, list | tuple) and not isinstance(kernel, FrozenKernel) else kernel
     matmul_dtype = (first.kernel if isinstance(first, FrozenKernel) else first).dtype
@@ -56,12 +56,6 @@ def _frozen_matmul(h, frozen):
         return tf.matmul(h, frozen.kernel), lambda d_z: tf.matmul(d_z, frozen.transposed)
 
     return matmul(h)
-
-
-def pair_kernels(fw, bw):
-    """Two directions' kernels (tensors [U, G] or FrozenKernels) as one operand of recurrent_matmul
-    for h [2, B, U]."""
-    return (fw, bw)
 
 
 class KernelGradient:
