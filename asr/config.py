@@ -118,6 +118,7 @@ class TrainConfig:
     log_every: int = 20  # steps between TensorBoard scalars
     init_from: str = ""  # fine-tuning: a model directory whose weights start the run (step 0 only; a resumed run continues its checkpoints); its features, text and model sections are the run's (asr.finetune)
     init_stats: str = "model"  # with init_from, the feature statistics: "model" (the model's stats.json, as its weights expect) or "recompute" (over the new training set)
+    weight_noise: float = 0.0  # std of Gaussian noise added to every weight for each step's gradients (Graves, 2013, used 0.075 on TIMIT); 0 = none
     precision: str = "float32"  # "float32"; "mixed_bfloat16" (matmuls in bf16, weights, optimizer, layer norm, softmax and CTC in float32; CPUs with avx512_bf16, GPUs); "mixed_float16" (GPUs; with dynamic loss scaling)
 
     def validate(self) -> None:
@@ -132,6 +133,7 @@ class TrainConfig:
         _check(self.decay_steps == "auto" or (isinstance(self.decay_steps, int) and self.decay_steps >= 0), "train.decay_steps", "a count >= 0 or 'auto'")
         for key in ("learning_rate", "clip_norm"):
             _check(getattr(self, key) > 0, f"train.{key}", "a positive number")
+        _check(self.weight_noise >= 0, "train.weight_noise", "a standard deviation >= 0")
         _check(0.0 <= self.lr_floor <= 1.0, "train.lr_floor", "a fraction of the peak learning rate in [0, 1]")
         _check(0 <= self.seed < 2**32, "train.seed", "an integer in [0, 2**32)")
 

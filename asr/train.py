@@ -181,11 +181,18 @@ class Steps:
     Dropout masks are keyed by (replica, optimizer step) (AcousticModel's dropout_seed): the
     optimizer's step counter is saved in every checkpoint, so a resumed run draws the masks the
     uninterrupted run drew, and nothing else about the randomness needs saving.
+
+    weight_noise > 0 (Graves, 2013): the gradients of a step are those of the weights plus
+    Gaussian noise of that standard deviation, drawn afresh each step (keyed by (noise_seed,
+    optimizer step), so a resumed run draws the same noise), the same on every replica; the
+    weights are restored exactly before the update is applied to them.
     """
 
-    def __init__(self, model, optimizer, strategy, clip_norm: float, loss_scale: LossScale | None = None):
+    def __init__(self, model, optimizer, strategy, clip_norm: float, loss_scale: LossScale | None = None,
+                 weight_noise: float = 0.0, noise_seed: int = 0):
         self.model, self.optimizer, self.strategy, self.clip_norm = model, optimizer, strategy, clip_norm
         self.loss_scale = loss_scale
+        self.weight_noise, self.noise_seed = weight_noise, noise_seed
         self._grads = tf.function(self._grads_fn, reduce_retracing=True)
         self._apply = tf.function(self._apply_fn, reduce_retracing=True)
         self._eval = tf.function(self._eval_fn, reduce_retracing=True)
@@ -205,9 +212,23 @@ class Steps:
         not_finite = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(~tf.math.is_finite(losses), tf.float32)))
         return tape.gradient(loss, self.model.trainable_variables), losses, not_finite
 
+    def _add_weight_noise(self) -> list[tf.Tensor]:
+        """Adds this step's weight noise to every trainable weight; returns their noiseless values."""
+        variables = self.model.trainable_variables
+        saved = [tf.identity(v) for v in variables]
+        step_seed = tf.stack([tf.constant(self.noise_seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        for index, v in enumerate(variables):
+            seed = tf.random.experimental.stateless_fold_in(step_seed, index)
+            v.assign_add(tf.random.stateless_normal(v.shape, seed, stddev=self.weight_noise, dtype=v.dtype))
+        return saved
+
     def _grads_fn(self, batch, scale):
         """-> (gradients summed over replicas, unscaled and clipped, per-replica losses [b], all finite?)."""
+        saved = self._add_weight_noise() if self.weight_noise > 0 else None
         grads, losses, not_finite = self.strategy.run(self._replica_grads, args=(batch, scale))
+        if saved is not None:
+            for v, value in zip(self.model.trainable_variables, saved):
+                v.assign(value)
         grads = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
         if self.loss_scale is not None:
             grads = [g / scale for g in grads]
@@ -370,7 +391,8 @@ class Trainer:
                 finetune.init_weights(config, self.model)
             self.optimizer = make_optimizer(config, self.model, self.steps_per_epoch)
         loss_scale = LossScale() if config.train.precision == "mixed_float16" else None
-        self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm, loss_scale)
+        self.steps = Steps(self.model, self.optimizer, self.strategy, config.train.clip_norm, loss_scale,
+                           config.train.weight_noise, config.train.seed)
         self.state = TrainState(run_id=new_run_id())
         if found is not None:
             path = found[0]

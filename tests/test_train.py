@@ -233,10 +233,10 @@ def test_dev_score_by_cer_ranks_the_cer_first():
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, librispeech_root, monkeypatch, precision):
-    """With dropout and augmentation on: train 7 steps at once, or 3 steps, then a fresh Trainer
+    """With dropout, weight noise and augmentation on: train 7 steps at once, or 3 steps, then a fresh Trainer
     resumed from the step-3 checkpoint (as after kill -9) trains to 7 (mid-epoch, across epoch ends
     and dev evaluations). The weights and the optimizer state are bit for bit equal: every random
-    draw is a function of (seed, step) (dropout) or (seed, epoch, batch) (augmentation, shuffling).
+    draw is a function of (seed, step) (dropout, weight noise) or (seed, epoch, batch) (augmentation, shuffling).
     mixed_float16 also carries its loss scale (checkpointed in state.json)."""
     from asr.config import load_recipe
     from asr.corpora import prepare
@@ -246,7 +246,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, l
     folder = recipe(
         tmp_path, librispeech_root, list(UTTERANCES),
         model={"num_units": 16, "num_layers": 2, "input_keep_prob": 0.8, "output_keep_prob": 0.7},
-        train={"checkpoint_every": 100, "precision": precision},
+        train={"checkpoint_every": 100, "precision": precision, "weight_noise": 0.01},
     )
     (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "augment:\n  speeds: [0.9, 1.0, 1.1]\n  freq_masks: 1\n  freq_mask_bands: 5\n  time_masks: 1\n  time_mask_frames: 10\n")
 
@@ -323,6 +323,63 @@ def test_dropout_masks_follow_the_optimizer_step():
     assert not np.allclose(steps._grads(batch, scale)[1].numpy(), first)
     optimizer.iterations.assign(0)
     np.testing.assert_array_equal(steps._grads(batch, scale)[1].numpy(), first)
+
+
+def _tiny_steps(weight_noise=0.0, noise_seed=0):
+    """A 1-layer model's Steps and a 2-utterance batch (random features)."""
+    import keras
+    import tensorflow as tf
+
+    from asr.optim import make_optimizer
+    from asr.text import Vocabulary
+    from asr.train import Steps, build_model
+
+    config = from_dict({"model": {"num_layers": 1, "num_units": 8}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
+    keras.utils.set_random_seed(3)
+    model = build_model(config, Vocabulary(config.text.alphabet))
+    optimizer = make_optimizer(config, model)
+    steps = Steps(model, optimizer, tf.distribute.get_strategy(), 5.0, weight_noise=weight_noise, noise_seed=noise_seed)
+    rng = np.random.default_rng(0)
+    batch = {"features": tf.constant(rng.standard_normal((2, 20, 5)), tf.float32), "feature_lengths": tf.constant([20, 15]),
+             "labels": tf.constant([[1, 2, 3], [4, 5, 0]]), "label_lengths": tf.constant([3, 2])}
+    return steps, batch
+
+
+def test_weight_noise_perturbs_the_gradients_and_restores_the_weights_exactly():
+    """train.weight_noise: a step's gradients are taken at noisy weights (so they differ from the
+    noiseless ones), keyed by (seed, step): the same step gives the same noise, another step or
+    seed other noise; the weights are back bit for bit afterwards, before the update."""
+    import tensorflow as tf
+
+    scale = tf.constant(1.0)
+    clean, batch = _tiny_steps()
+    noisy, _ = _tiny_steps(weight_noise=0.05)
+    before = [v.numpy() for v in noisy.model.trainable_variables]
+    for a, b in zip(before, clean.model.trainable_variables):
+        np.testing.assert_array_equal(a, b.numpy())  # the same initial weights
+    clean_loss = clean._grads(batch, scale)[1].numpy()
+    grads, loss, finite = noisy._grads(batch, scale)
+    assert bool(finite) and not np.allclose(loss.numpy(), clean_loss)
+    for v, value in zip(noisy.model.trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)
+    np.testing.assert_array_equal(noisy._grads(batch, scale)[1].numpy(), loss.numpy())  # same step, same noise
+    noisy.optimizer.iterations.assign(1)
+    assert not np.allclose(noisy._grads(batch, scale)[1].numpy(), loss.numpy())
+    other_seed, _ = _tiny_steps(weight_noise=0.05, noise_seed=1)
+    assert not np.allclose(other_seed._grads(batch, scale)[1].numpy(), loss.numpy())
+
+
+def test_weight_noise_has_the_configured_deviation():
+    import tensorflow as tf
+
+    steps, _ = _tiny_steps(weight_noise=0.05)
+    variables = steps.model.trainable_variables
+    saved = tf.function(steps._add_weight_noise)()
+    noise = np.concatenate([(v.numpy() - s.numpy()).ravel() for v, s in zip(variables, saved)])
+    assert noise.size > 1000
+    assert abs(noise.std() - 0.05) < 0.004 and abs(noise.mean()) < 0.004
+    with pytest.raises(Exception, match="train.weight_noise"):
+        from_dict({"train": {"weight_noise": -0.1}})
 
 
 @pytest.mark.parametrize("by, kept_epoch", [("wer", 2), ("cer", 3)])
