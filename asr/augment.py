@@ -1,8 +1,12 @@
-"""SpecAugment for MFCC features: frequency masks on the mel bands behind the MFCCs, and time masks."""
+"""Training-time augmentation: SpecAugment for MFCC features (frequency masks on the mel bands
+behind the MFCCs, and time masks), and colored noise added to the waveform at a random SNR."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import scipy.fft
 
 from asr.config import AugmentConfig, FeatureConfig
 from asr.features import mel_to_mfcc_matrix
@@ -48,3 +52,36 @@ def _freq_mask_projection(cfg: FeatureConfig, aug: AugmentConfig, rng: np.random
         return None
     dct = mel_to_mfcc_matrix(cfg)  # [n_mfcc, n_mels], orthonormal rows
     return (dct * keep) @ dct.T  # rows x: x @ D diag(keep) D^T (the matrix is symmetric)
+
+
+NOISE_MAX_EXPONENT = 2.0  # noise power falls as f**-exponent, exponent drawn in [0, this]: white (0), pink (1), brown (2)
+
+
+def draw_noise(aug: AugmentConfig, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For one utterance: None (no noise, with probability 1 - aug.noise_prob), or a function that
+    adds noise (add_noise) at an SNR drawn uniformly in aug.noise_snr_db (dB) and a color drawn
+    uniformly in [0, NOISE_MAX_EXPONENT]. Draws come from rng only, none when aug.noise_prob is 0
+    (so a recipe without noise draws its masks as before the option existed)."""
+    if aug.noise_prob == 0 or rng.random() >= aug.noise_prob:
+        return None
+    snr_db = float(rng.uniform(*aug.noise_snr_db))
+    exponent = float(rng.uniform(0.0, NOISE_MAX_EXPONENT))
+    return lambda audio: add_noise(audio, snr_db, exponent, rng)
+
+
+def add_noise(audio: np.ndarray, snr_db: float, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """audio float32 [samples] plus Gaussian noise whose power spectrum falls as f**-exponent,
+    scaled so that the utterance's mean power is snr_db above the noise's; float32 [samples].
+    Silence (zero power) is returned as it is: no SNR defines a level for its noise."""
+    audio = np.asarray(audio, dtype=np.float32)
+    signal_power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
+    if signal_power == 0.0:
+        return audio
+    size = scipy.fft.next_fast_len(audio.size, real=True)
+    freqs = np.fft.rfftfreq(size)
+    freqs[0] = freqs[1] if size > 1 else 1.0  # no infinite power at DC
+    spectrum = (rng.standard_normal(freqs.size) + 1j * rng.standard_normal(freqs.size)) * freqs ** (-exponent / 2)
+    noise = scipy.fft.irfft(spectrum, size)[: audio.size]
+    noise_power = float(np.mean(np.square(noise)))
+    gain = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (audio + gain * noise).astype(np.float32)

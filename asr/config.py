@@ -148,10 +148,13 @@ class AugmentConfig:
     time_masks: int = 0  # SpecAugment time masks per utterance
     time_mask_frames: int = 0  # widest time mask, in feature frames (10 ms each at the default hop)
     time_mask_max_fraction: float = 0.2  # no time mask covers more than this fraction of its utterance
+    noise_prob: float = 0.0  # fraction of utterances mixed with colored Gaussian noise (white to brown; asr.augment.add_noise)
+    noise_snr_db: tuple[float, float] = (10.0, 30.0)  # the signal-to-noise ratio of a noisy utterance, drawn uniformly in this range (dB)
 
     @property
     def active(self) -> bool:
-        return self.speeds != (1.0,) or (self.freq_masks > 0 and self.freq_mask_bands > 0) or (self.time_masks > 0 and self.time_mask_frames > 0)
+        return (self.speeds != (1.0,) or (self.freq_masks > 0 and self.freq_mask_bands > 0)
+                or (self.time_masks > 0 and self.time_mask_frames > 0) or self.noise_prob > 0)
 
     def validate(self, features: FeatureConfig) -> None:
         _check(len(self.speeds) > 0 and all(0.5 <= s <= 2.0 for s in self.speeds), "augment.speeds", "a list of speed factors between 0.5 and 2.0")
@@ -159,6 +162,8 @@ class AugmentConfig:
             _check(getattr(self, key) >= 0, f"augment.{key}", "a count >= 0")
         _check(self.freq_mask_bands <= features.n_mels, "augment.freq_mask_bands", f"at most features.n_mels ({features.n_mels})")
         _check(0.0 <= self.time_mask_max_fraction <= 1.0, "augment.time_mask_max_fraction", "a fraction in [0, 1]")
+        _check(0.0 <= self.noise_prob <= 1.0, "augment.noise_prob", "a fraction in [0, 1]")
+        _check(len(self.noise_snr_db) == 2 and self.noise_snr_db[0] <= self.noise_snr_db[1], "augment.noise_snr_db", "[lowest, highest] in dB, lowest <= highest")
 
 
 MAX_BEAM_WIDTH = 4096  # beams; far past where WER stops improving: a bound so that a typo cannot exhaust memory

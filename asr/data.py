@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from asr.augment import spec_augment
+from asr.augment import draw_noise, spec_augment
 from asr.config import AugmentConfig, FeatureConfig
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureStats, features_for_model, frames_for_duration
@@ -282,8 +282,9 @@ def make_dataset(
     Features are loaded by num_parallel_calls parallel workers and PREFETCH_BATCHES are prefetched.
 
     augment (training only): each batch plays at one of augment.speeds and each utterance gets
-    SpecAugment masks (augment.spec_augment), drawn from a generator seeded by (seed, epoch,
-    batch number), so an epoch, and a resumed one, sees the same augmentation every time.
+    noise (augment.draw_noise, with probability augment.noise_prob) and SpecAugment masks
+    (augment.spec_augment), drawn from a generator seeded by (seed, epoch, batch number), so an
+    epoch, and a resumed one, sees the same augmentation every time.
 
     shard (multi-worker training): the dataset yields only shard's parts of each batch, one element
     per part (shard_batches); len(dataset) is then the number of batches times shard.count.
@@ -330,8 +331,8 @@ class _BatchLoader:
     def load(self, row: np.ndarray, number: np.int64):
         """int64 [batch_size] (-1 = none; all -1: an empty batch), batch number -> features, feature_lengths, labels, label_lengths, ids."""
         idx = [int(i) for i in row if i >= 0]
-        speed, mask = self._augmentation(int(number))
-        feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir, speed, mask) for i in idx]
+        speed, mask, noise = self._augmentation(int(number))
+        feats = [features_for_model(self.paths[i], self.cfg, self.stats, self.cache_dir, speed, mask, noise()) for i in idx]
         labels = [self.labels[i] for i in idx]
         feat_lengths = np.array([f.shape[0] for f in feats], dtype=np.int32)
         label_lengths = np.array([len(seq) for seq in labels], dtype=np.int32)
@@ -345,12 +346,13 @@ class _BatchLoader:
         return features, feat_lengths, padded_labels, label_lengths, ids
 
     def _augmentation(self, number: int):
-        """(speed, masking function or None) of batch `number`: (1.0, None) without augmentation."""
+        """Batch `number`'s speed, masking function (or None) and noise drawer (called once per
+        utterance, in order: a noise function or None); (1.0, None, no noise) without augmentation."""
         if self.augment is None:
-            return 1.0, None
+            return 1.0, None, lambda: None
         rng = np.random.default_rng([*self.seed, number])
         speed = float(rng.choice(self.augment.speeds))
-        return speed, lambda raw, mean: spec_augment(raw, mean, self.cfg, self.augment, rng)
+        return speed, lambda raw, mean: spec_augment(raw, mean, self.cfg, self.augment, rng), lambda: draw_noise(self.augment, rng)
 
     def tf_load(self, row: tf.Tensor, number: tf.Tensor) -> dict[str, tf.Tensor]:
         out = tf.numpy_function(self.load, [row, number], [tf.float32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)

@@ -306,8 +306,13 @@ def extract(path: str | Path, cfg: FeatureConfig, cache_dir: str | Path | None =
     return feats
 
 
+def _load(path: str | Path, cfg: FeatureConfig, speed: float) -> np.ndarray:
+    """The waveform at cfg.sample_rate, played `speed` times faster."""
+    return change_speed(load_audio(path, cfg.sample_rate), speed, cfg.sample_rate)
+
+
 def _compute(path: str | Path, cfg: FeatureConfig, speed: float) -> np.ndarray:
-    return compute_features(change_speed(load_audio(path, cfg.sample_rate), speed, cfg.sample_rate), cfg)
+    return compute_features(_load(path, cfg, speed), cfg)
 
 
 def features_for_model(
@@ -317,15 +322,21 @@ def features_for_model(
     cache_dir: str | Path | None = None,
     speed: float = 1.0,
     augment: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    noise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The model's input for an audio file, float32 [T, F]: load -> MFCC -> normalize.
 
     The one feature path of the project: training batches and inference both call it. Training
-    may add speed perturbation (speed) and a masking function augment(raw [T, F], mean [F]) -> raw
-    [T, F] (augment.spec_augment), which sees the raw features and the mean that normalization
-    will subtract, so that a masked value becomes 0 after global normalization.
+    may add speed perturbation (speed), a function noise(audio [samples]) -> audio [samples]
+    applied to the waveform after it (augment.draw_noise; such features are computed afresh, never
+    cached), and a masking function augment(raw [T, F], mean [F]) -> raw [T, F]
+    (augment.spec_augment), which sees the raw features and the mean that normalization will
+    subtract, so that a masked value becomes 0 after global normalization.
     """
-    raw = extract(path, cfg, cache_dir, speed)
+    if noise is None:
+        raw = extract(path, cfg, cache_dir, speed)
+    else:
+        raw = compute_features(noise(_load(path, cfg, speed)), cfg)
     if augment is not None:
         raw = augment(raw, normalization(raw, cfg, stats)[0])
     return normalize(raw, cfg, stats)

@@ -1,4 +1,4 @@
-"""SpecAugment on MFCCs (asr.augment), speed perturbation, and augmented training batches."""
+"""SpecAugment on MFCCs (asr.augment), additive noise, speed perturbation, and augmented training batches."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,9 @@ import scipy.ndimage
 import soundfile as sf
 
 from asr.audio import change_speed
-from asr.augment import spec_augment
-from asr.config import AugmentConfig, FeatureConfig
+from asr.augment import NOISE_MAX_EXPONENT, add_noise, draw_noise, spec_augment
+from asr.config import AugmentConfig, FeatureConfig, from_dict
+from asr.errors import ConfigError
 from asr.data import Utterance, make_dataset
 from asr.features import _analysis, compute_features, extract, features_for_model, mel_to_mfcc_matrix
 from asr.text import Vocabulary
@@ -145,3 +146,69 @@ def test_augmented_batches_are_seeded_resumable_and_training_only(corpus):
         for i, f, n in zip(batch["ids"], batch["features"], batch["feature_lengths"]):
             cfg = FeatureConfig(normalization="utterance")
             np.testing.assert_array_equal(f[:n], features_for_model(by_id[i].audio_filepath, cfg, None))
+
+
+@pytest.mark.parametrize("snr_db, exponent", [(5.0, 0.0), (20.0, 1.0), (30.0, 2.0)])
+def test_noise_has_the_drawn_snr_and_spectral_slope(snr_db, exponent):
+    """add_noise: 10 log10(P_audio / P_noise) is the SNR asked for, and the noise's power
+    spectrum falls as f**-exponent (a straight line of slope -exponent in log-log, fitted over
+    100 Hz to 7 kHz on the periodogram averaged over 1/8 s frames)."""
+    audio = speech_like(4.0)
+    noisy = add_noise(audio, snr_db, exponent, np.random.default_rng(1))
+    assert noisy.dtype == np.float32 and noisy.shape == audio.shape
+    noise = noisy.astype(np.float64) - audio
+    assert 10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) / np.mean(noise**2)) == pytest.approx(snr_db, abs=0.01)
+    frames = noise[: noise.size // 2000 * 2000].reshape(-1, 2000)
+    power = np.mean(np.abs(np.fft.rfft(frames * np.hanning(2000), axis=1)) ** 2, axis=0)
+    freqs = np.fft.rfftfreq(2000, 1 / 16000)
+    band = (freqs >= 100) & (freqs <= 7000)
+    slope = np.polyfit(np.log(freqs[band]), np.log(power[band]), 1)[0]
+    assert slope == pytest.approx(-exponent, abs=0.15)
+
+
+def test_noise_leaves_silence_alone_and_follows_its_generator():
+    silence = np.zeros(16000, np.float32)
+    np.testing.assert_array_equal(add_noise(silence, 10.0, 1.0, np.random.default_rng(0)), silence)
+    audio = speech_like(1.0)
+    a, b = (add_noise(audio, 10.0, 1.0, np.random.default_rng(3)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, add_noise(audio, 10.0, 1.0, np.random.default_rng(4)))
+
+
+def test_draw_noise_draws_nothing_when_off_and_draws_within_the_ranges():
+    rng = np.random.default_rng(0)
+    assert draw_noise(AugmentConfig(), rng) is None
+    assert rng.random() == np.random.default_rng(0).random()  # no draw consumed: recipes without noise are unchanged
+    aug = AugmentConfig(noise_prob=0.5, noise_snr_db=(10.0, 12.0))
+    drawn = [draw_noise(aug, np.random.default_rng(seed)) for seed in range(200)]
+    assert 70 < sum(d is not None for d in drawn) < 130
+    audio = speech_like(1.0)
+    for noise in filter(None, drawn[:20]):
+        added = noise(audio).astype(np.float64) - audio
+        assert 10 <= 10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) / np.mean(added**2)) <= 12
+    assert NOISE_MAX_EXPONENT == 2.0  # white to brown
+    for bad in ({"noise_prob": 1.5}, {"noise_prob": -0.1}, {"noise_snr_db": [30, 10]}, {"noise_snr_db": [10]}):
+        with pytest.raises(ConfigError, match="augment.noise_"):
+            from_dict({"augment": bad})
+
+
+def test_noisy_batches_are_seeded_resumable_uncached_and_training_only(corpus, tmp_path):
+    """noise_prob 0.5: some utterances of an epoch get noise (their features differ from the
+    clean ones, and are not written to the feature cache), the others are the cached clean
+    features; the same epoch, or a resumed one, gets the same noise; dev batches get none."""
+    cache = tmp_path / "noise_cache"
+    aug = AugmentConfig(noise_prob=0.5, noise_snr_db=(5.0, 10.0))
+    epoch0 = batches(corpus, aug, training=True, epoch=0, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) < len(corpus)  # the noisy ones were computed afresh
+    for a, b in zip(epoch0, batches(corpus, aug, training=True, epoch=0, cache_dir=cache)):
+        np.testing.assert_array_equal(a["features"], b["features"])
+    for a, b in zip(epoch0[1:], batches(corpus, aug, training=True, epoch=0, start_batch=1, cache_dir=cache)):
+        np.testing.assert_array_equal(a["features"], b["features"])
+    def trimmed(batch_list):
+        return [(i, f[:n]) for b in batch_list for i, f, n in zip(b["ids"], b["features"], b["feature_lengths"])]
+
+    plain = dict(trimmed(batches(corpus, None, training=True, epoch=0)))
+    noisy = [not np.array_equal(f, plain[i]) for i, f in trimmed(epoch0)]
+    assert any(noisy) and not all(noisy)
+    for i, f in trimmed(batches(corpus, aug, training=False)):
+        np.testing.assert_array_equal(f, plain[i])

@@ -233,7 +233,7 @@ def test_dev_score_by_cer_ranks_the_cer_first():
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, librispeech_root, monkeypatch, precision):
-    """With dropout, weight noise and augmentation on: train 7 steps at once, or 3 steps, then a fresh Trainer
+    """With dropout, weight noise and augmentation (noise included) on: train 7 steps at once, or 3 steps, then a fresh Trainer
     resumed from the step-3 checkpoint (as after kill -9) trains to 7 (mid-epoch, across epoch ends
     and dev evaluations). The weights and the optimizer state are bit for bit equal: every random
     draw is a function of (seed, step) (dropout, weight noise) or (seed, epoch, batch) (augmentation, shuffling).
@@ -248,7 +248,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, l
         model={"num_units": 16, "num_layers": 2, "input_keep_prob": 0.8, "output_keep_prob": 0.7},
         train={"checkpoint_every": 100, "precision": precision, "weight_noise": 0.01},
     )
-    (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "augment:\n  speeds: [0.9, 1.0, 1.1]\n  freq_masks: 1\n  freq_mask_bands: 5\n  time_masks: 1\n  time_mask_frames: 10\n")
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "augment:\n  speeds: [0.9, 1.0, 1.1]\n  freq_masks: 1\n  freq_mask_bands: 5\n  time_masks: 1\n  time_mask_frames: 10\n  noise_prob: 0.5\n")
 
     def train(exp, steps, resume=False):
         config = load_recipe(folder, [f"train.max_steps={steps}"])
@@ -358,7 +358,7 @@ def test_weight_noise_perturbs_the_gradients_and_restores_the_weights_exactly():
     for a, b in zip(before, clean.model.trainable_variables):
         np.testing.assert_array_equal(a, b.numpy())  # the same initial weights
     clean_loss = clean._grads(batch, scale)[1].numpy()
-    grads, loss, finite = noisy._grads(batch, scale)
+    _, loss, finite = noisy._grads(batch, scale)
     assert bool(finite) and not np.allclose(loss.numpy(), clean_loss)
     for v, value in zip(noisy.model.trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)
