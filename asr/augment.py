@@ -55,33 +55,41 @@ def _freq_mask_projection(cfg: FeatureConfig, aug: AugmentConfig, rng: np.random
 
 
 NOISE_MAX_EXPONENT = 2.0  # noise power falls as f**-exponent, exponent drawn in [0, this]: white (0), pink (1), brown (2)
+NOISE_LOWEST_HZ = 50.0  # noise has no power below this: f**-exponent would put most of brown noise's at DC and sub-audio drift
 
 
-def draw_noise(aug: AugmentConfig, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray] | None:
+def draw_noise(aug: AugmentConfig, sample_rate: int, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray] | None:
     """For one utterance: None (no noise, with probability 1 - aug.noise_prob), or a function that
     adds noise (add_noise) at an SNR drawn uniformly in aug.noise_snr_db (dB) and a color drawn
-    uniformly in [0, NOISE_MAX_EXPONENT]. Draws come from rng only, none when aug.noise_prob is 0
-    (so a recipe without noise draws its masks as before the option existed)."""
+    uniformly in [0, NOISE_MAX_EXPONENT]. Takes 4 draws from rng for a noisy utterance, 1 for a
+    clean one, none when aug.noise_prob is 0 (so a recipe without noise draws its masks as before
+    the option existed); the noise's samples come from a generator seeded by one of the 4."""
     if aug.noise_prob == 0 or rng.random() >= aug.noise_prob:
         return None
     snr_db = float(rng.uniform(*aug.noise_snr_db))
     exponent = float(rng.uniform(0.0, NOISE_MAX_EXPONENT))
-    return lambda audio: add_noise(audio, snr_db, exponent, rng)
+    noise_rng = np.random.default_rng(int(rng.integers(2**63)))
+    return lambda audio: add_noise(audio, sample_rate, snr_db, exponent, noise_rng)
 
 
-def add_noise(audio: np.ndarray, snr_db: float, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """audio float32 [samples] plus Gaussian noise whose power spectrum falls as f**-exponent,
-    scaled so that the utterance's mean power is snr_db above the noise's; float32 [samples].
-    Silence (zero power) is returned as it is: no SNR defines a level for its noise."""
+def add_noise(audio: np.ndarray, sample_rate: int, snr_db: float, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """audio float32 [samples] plus Gaussian noise whose power spectrum falls as f**-exponent from
+    NOISE_LOWEST_HZ up (none below it, none at DC), scaled so that the utterance's mean power is
+    snr_db above the noise's; float32 [samples]. Silence (zero power) is returned as it is: no SNR
+    defines a level for its noise."""
     audio = np.asarray(audio, dtype=np.float32)
     signal_power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
     if signal_power == 0.0:
         return audio
     size = scipy.fft.next_fast_len(audio.size, real=True)
-    freqs = np.fft.rfftfreq(size)
-    freqs[0] = freqs[1] if size > 1 else 1.0  # no infinite power at DC
-    spectrum = (rng.standard_normal(freqs.size) + 1j * rng.standard_normal(freqs.size)) * freqs ** (-exponent / 2)
+    freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
+    shape = np.where(freqs >= NOISE_LOWEST_HZ, np.maximum(freqs, NOISE_LOWEST_HZ) ** (-exponent / 2), 0.0)
+    if not shape.any():  # too short to hold a frequency above NOISE_LOWEST_HZ: white
+        shape[1:] = 1.0
+    spectrum = (rng.standard_normal(freqs.size) + 1j * rng.standard_normal(freqs.size)) * shape
     noise = scipy.fft.irfft(spectrum, size)[: audio.size]
     noise_power = float(np.mean(np.square(noise)))
+    if noise_power == 0.0:
+        return audio
     gain = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
     return (audio + gain * noise).astype(np.float32)

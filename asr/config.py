@@ -118,7 +118,7 @@ class TrainConfig:
     log_every: int = 20  # steps between TensorBoard scalars
     init_from: str = ""  # fine-tuning: a model directory whose weights start the run (step 0 only; a resumed run continues its checkpoints); its features, text and model sections are the run's (asr.finetune)
     init_stats: str = "model"  # with init_from, the feature statistics: "model" (the model's stats.json, as its weights expect) or "recompute" (over the new training set)
-    weight_noise: float = 0.0  # std of Gaussian noise added to every weight for each step's gradients (Graves, 2013, used 0.075 on TIMIT); 0 = none
+    weight_noise: float = 0.0  # std of Gaussian noise added to every weight for each step's gradients, one draw per step (batch); Graves (2013) drew 0.075 per sequence on TIMIT; 0 = none
     precision: str = "float32"  # "float32"; "mixed_bfloat16" (matmuls in bf16, weights, optimizer, layer norm, softmax and CTC in float32; CPUs with avx512_bf16, GPUs); "mixed_float16" (GPUs; with dynamic loss scaling)
 
     def validate(self) -> None:
@@ -148,7 +148,7 @@ class AugmentConfig:
     time_masks: int = 0  # SpecAugment time masks per utterance
     time_mask_frames: int = 0  # widest time mask, in feature frames (10 ms each at the default hop)
     time_mask_max_fraction: float = 0.2  # no time mask covers more than this fraction of its utterance
-    noise_prob: float = 0.0  # fraction of utterances mixed with colored Gaussian noise (white to brown; asr.augment.add_noise)
+    noise_prob: float = 0.0  # fraction of utterances mixed with colored Gaussian noise (white to brown, none below 50 Hz; asr.augment.add_noise)
     noise_snr_db: tuple[float, float] = (10.0, 30.0)  # the signal-to-noise ratio of a noisy utterance, drawn uniformly in this range (dB)
 
     @property

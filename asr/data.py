@@ -352,7 +352,7 @@ class _BatchLoader:
             return 1.0, None, lambda: None
         rng = np.random.default_rng([*self.seed, number])
         speed = float(rng.choice(self.augment.speeds))
-        return speed, lambda raw, mean: spec_augment(raw, mean, self.cfg, self.augment, rng), lambda: draw_noise(self.augment, rng)
+        return speed, lambda raw, mean: spec_augment(raw, mean, self.cfg, self.augment, rng), lambda: draw_noise(self.augment, self.cfg.sample_rate, rng)
 
     def tf_load(self, row: tf.Tensor, number: tf.Tensor) -> dict[str, tf.Tensor]:
         out = tf.numpy_function(self.load, [row, number], [tf.float32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)

@@ -6,7 +6,7 @@ import scipy.ndimage
 import soundfile as sf
 
 from asr.audio import change_speed
-from asr.augment import NOISE_MAX_EXPONENT, add_noise, draw_noise, spec_augment
+from asr.augment import NOISE_LOWEST_HZ, NOISE_MAX_EXPONENT, add_noise, draw_noise, spec_augment
 from asr.config import AugmentConfig, FeatureConfig, from_dict
 from asr.errors import ConfigError
 from asr.data import Utterance, make_dataset
@@ -148,16 +148,20 @@ def test_augmented_batches_are_seeded_resumable_and_training_only(corpus):
             np.testing.assert_array_equal(f[:n], features_for_model(by_id[i].audio_filepath, cfg, None))
 
 
-@pytest.mark.parametrize("snr_db, exponent", [(5.0, 0.0), (20.0, 1.0), (30.0, 2.0)])
-def test_noise_has_the_drawn_snr_and_spectral_slope(snr_db, exponent):
-    """add_noise: 10 log10(P_audio / P_noise) is the SNR asked for, and the noise's power
-    spectrum falls as f**-exponent (a straight line of slope -exponent in log-log, fitted over
-    100 Hz to 7 kHz on the periodogram averaged over 1/8 s frames)."""
-    audio = speech_like(4.0)
-    noisy = add_noise(audio, snr_db, exponent, np.random.default_rng(1))
+@pytest.mark.parametrize("snr_db, exponent, seconds", [(5.0, 0.0, 4.0), (20.0, 1.0, 4.0), (30.0, 2.0, 4.0), (10.0, 2.0, 20.0)])
+def test_noise_has_the_drawn_snr_and_spectral_slope_in_the_speech_band(snr_db, exponent, seconds):
+    """add_noise: 10 log10(P_audio / P_noise) is the SNR asked for, all of the noise's power is
+    above NOISE_LOWEST_HZ (none at DC or in sub-audio drift, where f**-exponent would put most of
+    brown noise's, the more so the longer the utterance), and its power spectrum falls as
+    f**-exponent (a line of slope -exponent in log-log, fitted over 100 Hz to 7 kHz on the
+    periodogram averaged over 1/8 s frames)."""
+    audio = speech_like(seconds)
+    noisy = add_noise(audio, 16000, snr_db, exponent, np.random.default_rng(1))
     assert noisy.dtype == np.float32 and noisy.shape == audio.shape
     noise = noisy.astype(np.float64) - audio
     assert 10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) / np.mean(noise**2)) == pytest.approx(snr_db, abs=0.01)
+    whole = np.abs(np.fft.rfft(noise)) ** 2
+    assert whole[np.fft.rfftfreq(noise.size, 1 / 16000) < 0.9 * NOISE_LOWEST_HZ].sum() < 1e-6 * whole.sum()
     frames = noise[: noise.size // 2000 * 2000].reshape(-1, 2000)
     power = np.mean(np.abs(np.fft.rfft(frames * np.hanning(2000), axis=1)) ** 2, axis=0)
     freqs = np.fft.rfftfreq(2000, 1 / 16000)
@@ -168,24 +172,37 @@ def test_noise_has_the_drawn_snr_and_spectral_slope(snr_db, exponent):
 
 def test_noise_leaves_silence_alone_and_follows_its_generator():
     silence = np.zeros(16000, np.float32)
-    np.testing.assert_array_equal(add_noise(silence, 10.0, 1.0, np.random.default_rng(0)), silence)
+    np.testing.assert_array_equal(add_noise(silence, 16000, 10.0, 1.0, np.random.default_rng(0)), silence)
     audio = speech_like(1.0)
-    a, b = (add_noise(audio, 10.0, 1.0, np.random.default_rng(3)) for _ in range(2))
+    a, b = (add_noise(audio, 16000, 10.0, 1.0, np.random.default_rng(3)) for _ in range(2))
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, add_noise(audio, 10.0, 1.0, np.random.default_rng(4)))
+    assert not np.array_equal(a, add_noise(audio, 16000, 10.0, 1.0, np.random.default_rng(4)))
+    for size in (2, 3, 5):  # too short for any frequency above NOISE_LOWEST_HZ: white noise, still at the SNR
+        tiny = np.arange(1, size + 1, dtype=np.float32)
+        added = add_noise(tiny, 16000, 10.0, 2.0, np.random.default_rng(0)).astype(np.float64) - tiny
+        assert 10 * np.log10(np.mean(tiny.astype(np.float64) ** 2) / np.mean(added**2)) == pytest.approx(10.0, abs=0.01)
 
 
-def test_draw_noise_draws_nothing_when_off_and_draws_within_the_ranges():
+def test_draw_noise_draws_nothing_when_off_and_a_fixed_count_when_on():
     rng = np.random.default_rng(0)
-    assert draw_noise(AugmentConfig(), rng) is None
+    assert draw_noise(AugmentConfig(), 16000, rng) is None
     assert rng.random() == np.random.default_rng(0).random()  # no draw consumed: recipes without noise are unchanged
     aug = AugmentConfig(noise_prob=0.5, noise_snr_db=(10.0, 12.0))
-    drawn = [draw_noise(aug, np.random.default_rng(seed)) for seed in range(200)]
+    drawn = [draw_noise(aug, 16000, np.random.default_rng(seed)) for seed in range(200)]
     assert 70 < sum(d is not None for d in drawn) < 130
     audio = speech_like(1.0)
     for noise in filter(None, drawn[:20]):
         added = noise(audio).astype(np.float64) - audio
         assert 10 <= 10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) / np.mean(added**2)) <= 12
+    # the batch's generator moves on by the same draws whatever the utterance's length: the masks
+    # and utterances after it do not depend on it
+    always = AugmentConfig(noise_prob=1.0)
+    states = set()
+    for size in (1000, 1001, 48000):
+        rng = np.random.default_rng(9)
+        draw_noise(always, 16000, rng)(speech_like(size / 16000))
+        states.add(rng.random())
+    assert len(states) == 1
     assert NOISE_MAX_EXPONENT == 2.0  # white to brown
     for bad in ({"noise_prob": 1.5}, {"noise_prob": -0.1}, {"noise_snr_db": [30, 10]}, {"noise_snr_db": [10]}):
         with pytest.raises(ConfigError, match="augment.noise_"):

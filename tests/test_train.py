@@ -369,16 +369,30 @@ def test_weight_noise_perturbs_the_gradients_and_restores_the_weights_exactly():
     assert not np.allclose(other_seed._grads(batch, scale)[1].numpy(), loss.numpy())
 
 
-def test_weight_noise_has_the_configured_deviation():
+def test_weight_noise_has_the_configured_deviation_and_the_gradients_are_taken_there():
+    """The noise: the configured deviation, independent between weights (two kernels of the same
+    shape get different noise); the gradients of a noisy step are the noiseless Steps' gradients
+    at the noisy weights, bit for bit."""
     import tensorflow as tf
 
-    steps, _ = _tiny_steps(weight_noise=0.05)
+    from asr.errors import ConfigError
+    from asr.train import Steps
+
+    steps, batch = _tiny_steps(weight_noise=0.05)
+    scale = tf.constant(1.0)
+    noisy_grads = [g.numpy() for g in steps._grads(batch, scale)[0]]
     variables = steps.model.trainable_variables
-    saved = tf.function(steps._add_weight_noise)()
-    noise = np.concatenate([(v.numpy() - s.numpy()).ravel() for v, s in zip(variables, saved)])
-    assert noise.size > 1000
-    assert abs(noise.std() - 0.05) < 0.004 and abs(noise.mean()) < 0.004
-    with pytest.raises(Exception, match="train.weight_noise"):
+    saved = tf.function(steps._add_weight_noise)()  # the noise of the same step, left on the weights
+    noise = [v.numpy() - s.numpy() for v, s in zip(variables, saved)]
+    flat = np.concatenate([n.ravel() for n in noise])
+    assert flat.size > 1000
+    assert abs(flat.std() - 0.05) < 0.004 and abs(flat.mean()) < 0.004
+    kernels = [n for v, n in zip(variables, noise) if v.path.endswith("/kernel") and n.shape == noise[0].shape]
+    assert len(kernels) >= 2 and not np.allclose(kernels[0], kernels[1])
+    plain = Steps(steps.model, steps.optimizer, tf.distribute.get_strategy(), 5.0)
+    for at_noisy, noisy in zip(plain._grads(batch, scale)[0], noisy_grads):
+        np.testing.assert_array_equal(at_noisy.numpy(), noisy)
+    with pytest.raises(ConfigError, match="train.weight_noise"):
         from_dict({"train": {"weight_noise": -0.1}})
 
 
