@@ -38,6 +38,8 @@ def noisy_manifest(utterances: list[Utterance], out: Path, snr_db: float, expone
         audio = load_audio(utt.audio_filepath, SAMPLE_RATE)
         rng = np.random.default_rng(zlib.crc32(utt.id.encode()))
         path = folder / f"{utt.id}.wav"
+        if path.resolve() == Path(utt.audio_filepath).resolve():
+            raise SystemExit(f"{path}: --out would overwrite the original audio; give another folder")
         sf.write(path, np.clip(add_noise(audio, SAMPLE_RATE, snr_db, exponent, rng), -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
         noisy.append(Utterance(utt.id, str(path), utt.duration, utt.text, utt.speaker))
     return write_manifest(folder / "manifest.jsonl", noisy)
