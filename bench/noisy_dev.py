@@ -54,14 +54,13 @@ def main() -> None:
     parser.add_argument("--exponent", type=float, default=1.0, help="noise color: 0 white, 1 pink, 2 brown")
     args = parser.parse_args()
     utterances = read_manifest(args.manifest)
-    versions = {"clean": args.manifest}
+    versions = {"clean": utterances}
     for snr in args.snr:
-        versions[f"{snr:g} dB"] = noisy_manifest(utterances, Path(args.out), snr, args.exponent)
+        versions[f"{snr:g} dB"] = read_manifest(noisy_manifest(utterances, Path(args.out), snr, args.exponent))
     rows = []
     for model in args.models:
         recognizer = Recognizer(model)
-        for name, manifest in versions.items():
-            utts = read_manifest(manifest)
+        for name, utts in versions.items():
             hyps = recognizer.transcribe([u.audio_filepath for u in utts])
             rates = error_rates([u.text for u in utts], hyps)
             rows.append({"model": model, "audio": name, "cer": rates["cer"], "wer": rates["wer"]})

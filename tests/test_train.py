@@ -300,33 +300,8 @@ def test_the_recipe_decay_steps_auto_spans_the_run_after_warm_up(tmp_path, libri
     assert (steps_per_epoch, decay_steps(config.train, steps_per_epoch)) == (56, 70 * 56 - 100)
 
 
-def test_dropout_masks_follow_the_optimizer_step():
-    """Steps keys the dropout masks by the optimizer's step counter (a variable, read when the
-    step runs): the same step gives the same masks, another step other masks."""
-    import tensorflow as tf
-
-    from asr.optim import make_optimizer
-    from asr.text import Vocabulary
-    from asr.train import Steps, build_model
-
-    config = from_dict({"model": {"num_layers": 1, "num_units": 8, "input_keep_prob": 0.5, "output_keep_prob": 0.5}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
-    model = build_model(config, Vocabulary(config.text.alphabet))
-    optimizer = make_optimizer(config, model)
-    steps = Steps(model, optimizer, tf.distribute.get_strategy(), clip_norm=5.0)
-    rng = np.random.default_rng(0)
-    batch = {"features": tf.constant(rng.standard_normal((2, 20, 5)), tf.float32), "feature_lengths": tf.constant([20, 15]),
-             "labels": tf.constant([[1, 2, 3], [4, 5, 0]]), "label_lengths": tf.constant([3, 2])}
-    scale = tf.constant(1.0)
-    first, again = (steps._grads(batch, scale)[1].numpy() for _ in range(2))
-    np.testing.assert_array_equal(first, again)
-    optimizer.iterations.assign(5)
-    assert not np.allclose(steps._grads(batch, scale)[1].numpy(), first)
-    optimizer.iterations.assign(0)
-    np.testing.assert_array_equal(steps._grads(batch, scale)[1].numpy(), first)
-
-
-def _tiny_steps(weight_noise=0.0, noise_seed=0):
-    """A 1-layer model's Steps and a 2-utterance batch (random features)."""
+def _tiny_steps(weight_noise=0.0, noise_seed=0, model=None):
+    """A 1-layer model's Steps and a 2-utterance batch (random features); model: more model keys."""
     import keras
     import tensorflow as tf
 
@@ -334,7 +309,7 @@ def _tiny_steps(weight_noise=0.0, noise_seed=0):
     from asr.text import Vocabulary
     from asr.train import Steps, build_model
 
-    config = from_dict({"model": {"num_layers": 1, "num_units": 8}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
+    config = from_dict({"model": {"num_layers": 1, "num_units": 8, **(model or {})}, "features": {"n_mfcc": 5, "deltas": False, "n_mels": 10}})
     keras.utils.set_random_seed(3)
     model = build_model(config, Vocabulary(config.text.alphabet))
     optimizer = make_optimizer(config, model)
@@ -343,6 +318,22 @@ def _tiny_steps(weight_noise=0.0, noise_seed=0):
     batch = {"features": tf.constant(rng.standard_normal((2, 20, 5)), tf.float32), "feature_lengths": tf.constant([20, 15]),
              "labels": tf.constant([[1, 2, 3], [4, 5, 0]]), "label_lengths": tf.constant([3, 2])}
     return steps, batch
+
+
+def test_dropout_masks_follow_the_optimizer_step():
+    """Steps keys the dropout masks by the optimizer's step counter (a variable, read when the
+    step runs): the same step gives the same masks, another step other masks."""
+    import tensorflow as tf
+
+    steps, batch = _tiny_steps(model={"input_keep_prob": 0.5, "output_keep_prob": 0.5})
+    optimizer = steps.optimizer
+    scale = tf.constant(1.0)
+    first, again = (steps._grads(batch, scale)[1].numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    optimizer.iterations.assign(5)
+    assert not np.allclose(steps._grads(batch, scale)[1].numpy(), first)
+    optimizer.iterations.assign(0)
+    np.testing.assert_array_equal(steps._grads(batch, scale)[1].numpy(), first)
 
 
 def test_weight_noise_perturbs_the_gradients_and_restores_the_weights_exactly():
