@@ -12,11 +12,16 @@ librispeech_small batch after frame stacking: 16 utterances x 400 model steps (1
 step); --features 117 gives the recipe's 3 stacked frames of 39 (the default 39 is the
 historical figure in the README; it changes only the first layer's input projection).
 
+It also prints how many graph nodes the loops run per time step (forward and backward, all
+layers): each runs at every step, and the executor's cost per node is the same in both dtypes.
+
 With --matmuls it then times the step's matmul shapes alone in both dtypes (the per-step
 recurrent ones, the all-steps input projections and gradients) and estimates how much of each
-step they take: what bf16 can speed up, and what it cannot.
+step they take: what bf16 can speed up, and what it cannot. --layouts adds each per-step
+product's other layouts (e.g. U^T h^T, the states kept [U, B]) and the ratio that the fastest
+layouts would allow.
 
-    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39] [--matmuls]
+    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39] [--matmuls [--layouts]]
                         [--intra-op-threads N] [--inter-op-threads N]
 """
 
@@ -127,16 +132,21 @@ def time_step(step, batch):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_matmul(shape_a, shape_b, dtype, iterations):
-    """Seconds per tf.matmul of operands of these shapes in dtype, in a tf.while_loop of
-    `iterations` (each iteration depends on the last, so none is hoisted out of the loop)."""
+def time_matmul(shape_a, shape_b, dtype, iterations, transpose_a=False, transpose_b=False):
+    """Seconds per tf.matmul of operands of these shapes in dtype (each transposed by the matmul
+    itself if asked), in a tf.while_loop of `iterations` (each iteration depends on the last, so
+    none is hoisted out of the loop: the smaller operand depends on the last product, so that the
+    dependency costs the least)."""
     a = tf.cast(tf.random.normal(shape_a), dtype)
     b = tf.cast(tf.random.normal(shape_b), dtype)
+    a_smaller = np.prod(shape_a) <= np.prod(shape_b)
 
     @tf.function
     def run(a, b):
         def body(i, total):
-            product = tf.matmul(a + tf.cast(total * 0.0, dtype), b)
+            shift = tf.cast(total * 0.0, dtype)
+            a_i, b_i = (a + shift, b) if a_smaller else (a, b + shift)
+            product = tf.matmul(a_i, b_i, transpose_a=transpose_a, transpose_b=transpose_b)
             return i + 1, total + tf.cast(tf.reshape(product, [-1])[0], tf.float32)
 
         return tf.while_loop(lambda i, _: i < iterations, body, (0, tf.constant(0.0)))[1]
@@ -145,6 +155,17 @@ def time_matmul(shape_a, shape_b, dtype, iterations):
     start = time.perf_counter()
     run(a, b).numpy()
     return (time.perf_counter() - start) / iterations
+
+
+def loop_nodes(step):
+    """{"forward" | "backward": graph nodes in one iteration of each of the step's while loops
+    (forward: the body as rewritten to save what its gradient needs), summed over the loops}:
+    every node runs once per time step, and on a CPU each costs the executor time of its own."""
+    graph = step.get_concrete_function().graph.as_graph_def()
+    bodies = [function for function in graph.library.function if "_body_" in function.signature.name]
+    forward = sum(len(f.node_def) for f in bodies if f.signature.name.endswith("_rewritten"))
+    backward = sum(len(f.node_def) for f in bodies if "_grad_" in f.signature.name)
+    return {"forward": forward, "backward": backward}
 
 
 def step_matmuls(batch, frames, features):
@@ -165,21 +186,59 @@ def step_matmuls(batch, frames, features):
     return counts
 
 
-def matmul_table(batch, frames, features, step_float32, step_bf16):
+def per_step_layouts(batch):
+    """{the per-step product as step_matmuls names it: [(label, shape_a, shape_b, transpose_a,
+    transpose_b)]}: the four ways tf.matmul can form it or its transpose (h U as U^T h^T with
+    states kept [U, B]; dz U^T likewise), the first being the one asr.rnn uses."""
+    units, gates = NUM_UNITS, 4 * NUM_UNITS
+    return {
+        ((batch, units), (units, gates)): [
+            ("h U", (batch, units), (units, gates), False, False),
+            ("h (U^T)^T", (batch, units), (gates, units), False, True),
+            ("U^T h^T", (gates, units), (units, batch), False, False),
+            ("(U)^T h^T", (units, gates), (units, batch), True, False),
+        ],
+        ((batch, gates), (gates, units)): [
+            ("dz U^T", (batch, gates), (gates, units), False, False),
+            ("dz (U)^T", (batch, gates), (units, gates), False, True),
+            ("U dz^T", (units, gates), (gates, batch), False, False),
+            ("(U^T)^T dz^T", (gates, units), (gates, batch), True, False),
+        ],
+    }
+
+
+def matmul_table(batch, frames, features, step_float32, step_bf16, layouts=False):
     """Times each matmul shape of ours' training step (step_matmuls) in float32 and bf16, prints
-    them with their counts, and the estimated matmul share of the measured steps (seconds)."""
+    them with their counts, and the estimated matmul share of the measured steps (seconds).
+    With layouts, also times each per-step product in its four layouts (per_step_layouts) and
+    estimates the matmuls with the fastest layout of each, per dtype: the bf16/float32 ratio
+    that a step could reach, and how short the rest of it would then have to be for 0.6."""
     totals = {tf.float32: 0.0, tf.bfloat16: 0.0}
+    best = dict(totals)  # the same, with the fastest layout of each per-step product
+    alternatives = per_step_layouts(batch) if layouts else {}
     for (shape_a, shape_b), count in step_matmuls(batch, frames, features).items():
         iterations = 2000 if shape_a[0] == batch else 10  # the per-step products are 100x smaller
         seconds = {dtype: time_matmul(shape_a, shape_b, dtype, iterations) for dtype in totals}
+        fastest = dict(seconds)
         for dtype in totals:
             totals[dtype] += count * seconds[dtype]
         name = f"{list(shape_a)} x {list(shape_b)}"
         print(f"  {name:>28}: float32 {seconds[tf.float32] * 1e6:7.0f} us, bf16 {seconds[tf.bfloat16] * 1e6:7.0f} us, "
               f"ratio {seconds[tf.bfloat16] / seconds[tf.float32]:.2f}, x{count} a step")
+        for label, a, b, transpose_a, transpose_b in alternatives.get((shape_a, shape_b), []):
+            form = {dtype: time_matmul(a, b, dtype, iterations, transpose_a, transpose_b) for dtype in totals}
+            fastest = {dtype: min(fastest[dtype], form[dtype]) for dtype in totals}
+            print(f"  {'as ' + label:>28}: float32 {form[tf.float32] * 1e6:7.0f} us, bf16 {form[tf.bfloat16] * 1e6:7.0f} us")
+        for dtype in totals:
+            best[dtype] += count * fastest[dtype]
     print(f"matmuls ~{totals[tf.float32]:.2f} s of the {step_float32:.2f} s float32 step, ~{totals[tf.bfloat16]:.2f} s of the "
           f"{step_bf16:.2f} s bf16 step (ratio {totals[tf.bfloat16] / totals[tf.float32]:.2f}); the rest ~{step_float32 - totals[tf.float32]:.2f} s "
           f"and ~{step_bf16 - totals[tf.bfloat16]:.2f} s")
+    if layouts:
+        rest_for_target = (0.6 * best[tf.float32] - best[tf.bfloat16]) / 0.4  # (m16 + r) / (m32 + r) = 0.6
+        print(f"with the fastest layout of each per-step product: matmuls ~{best[tf.float32]:.2f} s float32, "
+              f"~{best[tf.bfloat16]:.2f} s bf16 (ratio {best[tf.bfloat16] / best[tf.float32]:.2f}); a step reaches 0.6 only if "
+              f"the rest takes under ~{max(rest_for_target, 0.0):.2f} s in both dtypes")
 
 
 def main():
@@ -190,6 +249,7 @@ def main():
     parser.add_argument("--features", type=int, default=NUM_FEATURES, help="input values per step")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     parser.add_argument("--matmuls", action="store_true", help="then time the step's matmul shapes in both dtypes")
+    parser.add_argument("--layouts", action="store_true", help="with --matmuls: also each per-step product's other layouts")
     parser.add_argument("--intra-op-threads", type=int, default=0, help="threads within one op (0: TensorFlow's default)")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="ops run side by side (0: TensorFlow's default)")
     args = parser.parse_args()
@@ -226,8 +286,11 @@ def main():
     print(f"ratio ours-bf16/stock: {wall['ours-bf16'] / wall['stock']:.3f} wall, {cpu['ours-bf16'] / cpu['stock']:.3f} CPU")
     print(f"ratio bf16/float32 (ours): {wall['ours-bf16'] / wall['ours']:.3f} wall, {cpu['ours-bf16'] / cpu['ours']:.3f} CPU"
           f"  (issue 9's target: <= 0.6)")
+    for name in ("ours", "ours-bf16"):
+        nodes = loop_nodes(steps[name])
+        print(f"{name:>9}: graph nodes per time step, all layers' loops: {nodes['forward']} forward, {nodes['backward']} backward")
     if args.matmuls:
-        matmul_table(args.batch, args.frames, args.features, wall["ours"], wall["ours-bf16"])
+        matmul_table(args.batch, args.frames, args.features, wall["ours"], wall["ours-bf16"], args.layouts)
 
 
 if __name__ == "__main__":
