@@ -188,18 +188,17 @@ def step_matmuls(batch, frames, features):
 
 def per_step_layouts(batch):
     """{the per-step product as step_matmuls names it: [(label, shape_a, shape_b, transpose_a,
-    transpose_b)]}: the four ways tf.matmul can form it or its transpose (h U as U^T h^T with
-    states kept [U, B]; dz U^T likewise), the first being the one asr.rnn uses."""
+    transpose_b)]}: the three other ways tf.matmul can form it or its transpose (h U as U^T h^T
+    with states kept [U, B]; dz U^T likewise) than the one asr.rnn uses, which matmul_table
+    times already."""
     units, gates = NUM_UNITS, 4 * NUM_UNITS
     return {
         ((batch, units), (units, gates)): [
-            ("h U", (batch, units), (units, gates), False, False),
             ("h (U^T)^T", (batch, units), (gates, units), False, True),
             ("U^T h^T", (gates, units), (units, batch), False, False),
             ("(U)^T h^T", (units, gates), (units, batch), True, False),
         ],
         ((batch, gates), (gates, units)): [
-            ("dz U^T", (batch, gates), (gates, units), False, False),
             ("dz (U)^T", (batch, gates), (units, gates), False, True),
             ("U dz^T", (units, gates), (gates, batch), False, False),
             ("(U^T)^T dz^T", (gates, units), (gates, batch), True, False),
@@ -210,7 +209,7 @@ def per_step_layouts(batch):
 def matmul_table(batch, frames, features, step_float32, step_bf16, layouts=False):
     """Times each matmul shape of ours' training step (step_matmuls) in float32 and bf16, prints
     them with their counts, and the estimated matmul share of the measured steps (seconds).
-    With layouts, also times each per-step product in its four layouts (per_step_layouts) and
+    With layouts, also times each per-step product in its other layouts (per_step_layouts) and
     estimates the matmuls with the fastest layout of each, per dtype: the bf16/float32 ratio
     that a step could reach, and how short the rest of it would then have to be for 0.6."""
     totals = {tf.float32: 0.0, tf.bfloat16: 0.0}
