@@ -39,7 +39,7 @@ def test_mnist_takes_its_optimizer_from_asr_optim_not_the_ctc_trainer():
 
 # asr.rnn's modules, bottom up: each imports only those before it (cells never the loop or the
 # public functions), and none imports another asr module.
-RNN_LAYERS = ("gradient", "loop", "cells", "dropout", "api")
+RNN_LAYERS = ("native", "gradient", "loop", "cells", "dropout", "api")
 
 
 def test_rnn_modules_import_only_the_ones_below_them():

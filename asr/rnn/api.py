@@ -3,17 +3,19 @@
 Each public function prepares one `_Direction` per cell (dropout masks, the input projection of
 all steps, the step weights, the kernel gradient's hook), runs the directions side by side through
 one step function (`_step_function`) driven by `loop.loop` or, in static_rnn, `loop.unroll`, then
-`_finish`es each direction (the kernel gradient's h's, padding, output dropout).
+`_finish`es each direction (the kernel gradient's h's, padding, output dropout). A layer-norm LSTM
+runs instead in one native op for all its steps where asr.rnn.native allows it (`_run_native`).
 """
 
 from typing import NamedTuple
 
 import tensorflow as tf
 
-from asr.rnn.cells import RECURRENT_KERNEL, RecurrentCell
+from asr.rnn.cells import RECURRENT_KERNEL, LayerNormLSTMCell, RecurrentCell
 from asr.rnn.dropout import DropoutMasks, apply_mask, drop_state, prepare
 from asr.rnn.gradient import KernelGradient
-from asr.rnn.loop import checked_lengths, loop, num_steps, unroll
+from asr.rnn.loop import checked_lengths, forward_only_active, loop, num_steps, unroll
+from asr.rnn.native import MATMUL_DTYPES, UNITS_MULTIPLE, layer_norm_lstm, native_enabled
 
 
 class _Direction(NamedTuple):
@@ -25,6 +27,7 @@ class _Direction(NamedTuple):
     states: list  # initial states [B, size] ([2, B, size] fused)
     masks: DropoutMasks  # [B, size] each, or None ([2, B, size] for the fused state mask)
     kernel_gradient: KernelGradient | None  # None: the loop's own backward pass computes it
+    native: bool = False  # for _run_native: weights as step_weights() gives them, kernel not frozen
 
 
 def _initial_states(cell, initial_state, batch_size):
@@ -42,13 +45,27 @@ def _broadcast_batch(weight, batch_size):
     return tf.broadcast_to(weight, tf.concat([[batch_size], tf.shape(weight)], axis=0))
 
 
-def _direction(cell, step_inputs, initial_state, training, dropout_seed):
-    """Prepares cell to run over step_inputs [n, B, D] (the inputs of the n steps to run, time-major,
-    in step order): dropout masks, projection, weights, initial states."""
-    run = prepare(cell, step_inputs, training, dropout_seed)
+def _native_applies(run):
+    """Whether a prepared cell runs in the native op (asr.rnn.native says when)."""
+    return (
+        type(run.cell) is LayerNormLSTMCell
+        and run.cell.num_units % UNITS_MULTIPLE == 0
+        and run.cell.matmul_dtype in MATMUL_DTYPES
+        and run.masks.state is None
+        and not forward_only_active()
+        and native_enabled()
+    )
+
+
+def _direction(run, step_inputs, initial_state, use_native=False):
+    """Prepares a cell's run (dropout.prepare) over step_inputs [n, B, D] (the inputs of the n steps
+    to run, time-major, in step order): projection, weights, initial states."""
     batch_size = tf.shape(step_inputs)[1]
     weights = run.cell.step_weights()
     projected = run.cell.project_inputs(apply_mask(step_inputs, run.masks.inputs))
+    if use_native:
+        states = _initial_states(run.cell, initial_state, batch_size)
+        return _Direction(run.cell, projected, weights, states, run.masks, None, native=True)
     kernel_gradient = None
     if run.cell.ADDITIVE_RECURRENCE:
         kernel_gradient = KernelGradient()
@@ -102,6 +119,31 @@ def _run(directions, lengths, steps):
     return outputs, _split_states(directions, final)
 
 
+def _run_native(directions, lengths, steps):
+    """_run for native directions (one, or two of equal fusion keys): one op for all steps ->
+    (outputs [steps, B, U] and final states [h, c], one of each per direction)."""
+    def stacked(key):
+        return tf.stack([d.weights[key] for d in directions])
+
+    projected = tf.stack([d.projected for d in directions])
+    if lengths is None:
+        lengths = tf.fill(tf.shape(projected)[2:3], steps)
+    outputs, final_h, final_c = layer_norm_lstm(
+        projected,
+        stacked(RECURRENT_KERNEL),
+        stacked("gate_gain"),
+        stacked("gate_shift"),
+        stacked("state_gain"),
+        stacked("state_shift"),
+        tf.stack([d.states[0] for d in directions]),
+        tf.stack([d.states[1] for d in directions]),
+        lengths,
+    )
+    count = len(directions)
+    final = [list(pair) for pair in zip(tf.unstack(final_h, num=count), tf.unstack(final_c, num=count))]
+    return tf.unstack(outputs, num=count), final
+
+
 def _split_states(directions, states):
     """One list of all directions' states -> a list per direction."""
     split, start = [], 0
@@ -139,8 +181,9 @@ def _rnn_time_major(cell, inputs, lengths, initial_state, training, dropout_seed
     """dynamic_rnn on time-major inputs [T, B, D] -> (outputs [T, B, U], final states)."""
     time = tf.shape(inputs)[0]
     steps = num_steps(time, lengths)
-    direction = _direction(cell, inputs[:steps], initial_state, training, dropout_seed)
-    (outputs,), (final_states,) = _run([direction], lengths, steps)
+    run = prepare(cell, inputs[:steps], training, dropout_seed)
+    direction = _direction(run, inputs[:steps], initial_state, _native_applies(run))
+    (outputs,), (final_states,) = (_run_native if direction.native else _run)([direction], lengths, steps)
     return _finish(direction, outputs, time), final_states
 
 
@@ -169,7 +212,7 @@ def static_rnn(cell, inputs, initial_state=None, sequence_length=None, training=
         raise ValueError("static_rnn needs at least one time step")
     x = tf.stack(inputs)
     lengths = checked_lengths(sequence_length, len(inputs))
-    d = _direction(cell, x, initial_state, training, dropout_seed)
+    d = _direction(prepare(cell, x, training, dropout_seed), x, initial_state)
     (outputs,), states = unroll(_step_function([d]), [d.projected], d.states, lengths)
     outputs = _finish(d, outputs, len(inputs))
     return tf.unstack(outputs, num=len(inputs)), states
@@ -183,9 +226,17 @@ def _bidirectional_time_major(cell_fw, cell_bw, inputs, lengths, initial_state_f
     on stacked tensors when their cells allow it (same type, size and dtypes), else side by side."""
     time = tf.shape(inputs)[0]
     steps = num_steps(time, lengths)
-    fw = _direction(cell_fw, inputs[:steps], initial_state_fw, training, dropout_seed)
-    bw = _direction(cell_bw, _reverse(inputs, lengths)[:steps], initial_state_bw, training, dropout_seed)
-    if fw.cell.fusion_key() == bw.cell.fusion_key():
+    fw_inputs, bw_inputs = inputs[:steps], _reverse(inputs, lengths)[:steps]
+    fw_run = prepare(cell_fw, fw_inputs, training, dropout_seed)
+    bw_run = prepare(cell_bw, bw_inputs, training, dropout_seed)
+    fused = fw_run.cell.fusion_key() == bw_run.cell.fusion_key()
+    use_native = fused and _native_applies(fw_run) and _native_applies(bw_run)
+    fw = _direction(fw_run, fw_inputs, initial_state_fw, use_native)
+    bw = _direction(bw_run, bw_inputs, initial_state_bw, use_native)
+    if use_native:
+        (out_fw, out_bw), final_states = _run_native([fw, bw], lengths, steps)
+        final_states = tuple(final_states)
+    elif fused:
         (outputs,), (final,) = _run([_fuse(fw, bw)], lengths, steps)
         out_fw, out_bw = tf.unstack(outputs, num=2, axis=1)
         final_states = ([s[0] for s in final], [s[1] for s in final])

@@ -29,6 +29,11 @@ def forward_only():
         _FORWARD_ONLY.active = previous
 
 
+def forward_only_active():
+    """Whether loops traced now are inside forward_only."""
+    return getattr(_FORWARD_ONLY, "active", False)
+
+
 def num_steps(time, lengths):
     """How many steps to run: the longest sequence (at least 1), or all the padded time."""
     if lengths is None:
@@ -71,7 +76,7 @@ def loop(step, inputs, initial_states, output_shapes, lengths, num_steps):
     TensorList costs anyway (TensorListScatterV2; its gradient gathers them back in step order).
     """
     shapes = [_element_shape(x.shape[1:]) for x in inputs]
-    pop = not getattr(_FORWARD_ONLY, "active", False)
+    pop = not forward_only_active()
     if pop:
         last_first = tf.range(num_steps - 1, -1, -1)
         input_lists = [
