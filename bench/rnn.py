@@ -1,5 +1,5 @@
-"""Times one CTC training step of asr.rnn's 3-layer bidirectional LayerNormLSTM against stock Keras,
-and in mixed bfloat16 against float32.
+"""Times one CTC training step of asr.rnn's bidirectional LayerNormLSTM (3 layers, --layers) against
+stock Keras, and in mixed bfloat16 against float32, in its native loop and in its graph loop.
 
 All models: 3 bidirectional layers of 256 units per direction, a dense projection to 29 letters
 + blank, CTC loss (tf.nn.ctc_loss, blank index 0, true logit and label lengths), gradients, Adam,
@@ -7,22 +7,25 @@ each as a tf.function train step over the same padded batch. Stock is
 keras.layers.Bidirectional(keras.layers.LSTM(256, return_sequences=True)) x3 (no layer norm)
 given the mask from the lengths. "ours-bf16" is ours with the cells under the mixed_bfloat16
 policy (train.precision: matmuls in bf16, weights and everything elementwise in float32, see
-asr.rnn). Steps alternate between the models; warm-up is excluded. The default shapes are a
+asr.rnn). "ours" runs the layer-norm LSTM's native loop (asr.rnn.native, the default where it
+builds), "ours-graph" the same model in asr.rnn's tf.while_loop (use_native(False) when traced).
+Steps alternate between the models; warm-up is excluded. The default shapes are a
 librispeech_small batch after frame stacking: 16 utterances x 400 model steps (12 s at 30 ms a
-step); --features 117 gives the recipe's 3 stacked frames of 39 (the default 39 is the
-historical figure in the README; it changes only the first layer's input projection).
+step); --features 117 --layers 4 gives the recipe's (3 stacked frames of 39; 4 layers since
+2026-11-30; the defaults 39 and 3 are the historical figures in the README).
 
-It also prints how many graph nodes the loops run per time step (forward and backward, all
-layers): each runs at every step, and the executor's cost per node is the same in both dtypes.
+It also prints how many graph nodes the graph loops run per time step (forward and backward,
+all layers): each runs at every step, and the executor's cost per node is the same in both
+dtypes; the native loop runs none.
 
-With --matmuls it then times the step's matmul shapes alone in both dtypes (the per-step
+With --matmuls it then times the graph loop's matmul shapes alone in both dtypes (the per-step
 recurrent ones, the all-steps input projections and gradients) and estimates how much of each
 step they take: what bf16 can speed up, and what it cannot. --layouts adds each per-step
 product's other layouts (e.g. U^T h^T, the states kept [U, B]) and the ratio that the fastest
 layouts would allow.
 
-    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39] [--matmuls [--layouts]]
-                        [--intra-op-threads N] [--inter-op-threads N]
+    python bench/rnn.py [--repeats 5] [--batch 16] [--frames 400] [--features 39] [--layers 3]
+                        [--matmuls [--layouts]] [--intra-op-threads N] [--inter-op-threads N]
 """
 
 import argparse
@@ -40,7 +43,7 @@ from asr import rnn  # noqa: E402
 
 NUM_FEATURES = 39  # MFCC + deltas per frame (--features)
 NUM_UNITS = 256  # per direction
-NUM_LAYERS = 3
+NUM_LAYERS = 3  # --layers
 NUM_CLASSES = 30  # 29 output symbols + blank (index 0)
 LABELS_PER_FRAME = 0.15  # a label length of about 15 symbols per 100 frames (10 ms each)
 
@@ -48,10 +51,10 @@ LABELS_PER_FRAME = 0.15  # a label length of about 15 symbols per 100 frames (10
 class OursModel(keras.Model):
     """asr.rnn.stack_bidirectional_dynamic_rnn of LayerNormLSTMCells + dense projection."""
 
-    def __init__(self, precision="float32"):
+    def __init__(self, precision="float32", layers=NUM_LAYERS):
         super().__init__()
-        self.cells_fw = [rnn.LayerNormLSTMCell(NUM_UNITS, dtype=precision) for _ in range(NUM_LAYERS)]
-        self.cells_bw = [rnn.LayerNormLSTMCell(NUM_UNITS, dtype=precision) for _ in range(NUM_LAYERS)]
+        self.cells_fw = [rnn.LayerNormLSTMCell(NUM_UNITS, dtype=precision) for _ in range(layers)]
+        self.cells_bw = [rnn.LayerNormLSTMCell(NUM_UNITS, dtype=precision) for _ in range(layers)]
         self.projection = keras.layers.Dense(NUM_CLASSES)  # float32, as asr.model's
 
     def call(self, features, lengths, training=False):
@@ -64,10 +67,10 @@ class OursModel(keras.Model):
 class StockModel(keras.Model):
     """keras.layers.Bidirectional(keras.layers.LSTM) x3 with the mask from the lengths + dense."""
 
-    def __init__(self):
+    def __init__(self, layers=NUM_LAYERS):
         super().__init__()
         self.layers_ = [
-            keras.layers.Bidirectional(keras.layers.LSTM(NUM_UNITS, return_sequences=True)) for _ in range(NUM_LAYERS)
+            keras.layers.Bidirectional(keras.layers.LSTM(NUM_UNITS, return_sequences=True)) for _ in range(layers)
         ]
         self.projection = keras.layers.Dense(NUM_CLASSES)
 
@@ -168,18 +171,18 @@ def loop_nodes(step):
     return {"forward": forward, "backward": backward}
 
 
-def step_matmuls(batch, frames, features):
+def step_matmuls(batch, frames, features, layers=NUM_LAYERS):
     """{shapes (a, b): count per training step} of ours' matmuls: per step and layer, the two
     directions' recurrent products and their gradients (two MatMuls each); per layer and
     direction, the input projection, its kernel's gradient, the input's gradient (not for the
     first layer, whose input needs none) and the recurrent kernel's gradient (gradient.py)."""
     rows, units, gates = batch * frames, NUM_UNITS, 4 * NUM_UNITS
     counts = {
-        ((batch, units), (units, gates)): 2 * frames * NUM_LAYERS,
-        ((batch, gates), (gates, units)): 2 * frames * NUM_LAYERS,
-        ((units, rows), (rows, gates)): 2 * NUM_LAYERS,
+        ((batch, units), (units, gates)): 2 * frames * layers,
+        ((batch, gates), (gates, units)): 2 * frames * layers,
+        ((units, rows), (rows, gates)): 2 * layers,
     }
-    for layer in range(NUM_LAYERS):
+    for layer in range(layers):
         inputs = features if layer == 0 else 2 * units
         for shapes in [((rows, inputs), (inputs, gates)), ((inputs, rows), (rows, gates))] + ([((rows, gates), (gates, inputs))] if layer else []):
             counts[shapes] = counts.get(shapes, 0) + 2
@@ -206,7 +209,7 @@ def per_step_layouts(batch):
     }
 
 
-def matmul_table(batch, frames, features, step_float32, step_bf16, layouts=False):
+def matmul_table(batch, frames, features, layers, step_float32, step_bf16, layouts=False):
     """Times each matmul shape of ours' training step (step_matmuls) in float32 and bf16, prints
     them with their counts, and the estimated matmul share of the measured steps (seconds).
     With layouts, also times each per-step product in its other layouts (per_step_layouts) and
@@ -215,7 +218,7 @@ def matmul_table(batch, frames, features, step_float32, step_bf16, layouts=False
     totals = {tf.float32: 0.0, tf.bfloat16: 0.0}
     best = dict(totals)  # the same, with the fastest layout of each per-step product
     alternatives = per_step_layouts(batch) if layouts else {}
-    for (shape_a, shape_b), count in step_matmuls(batch, frames, features).items():
+    for (shape_a, shape_b), count in step_matmuls(batch, frames, features, layers).items():
         iterations = 2000 if shape_a[0] == batch else 10  # the per-step products are 100x smaller
         seconds = {dtype: time_matmul(shape_a, shape_b, dtype, iterations) for dtype in totals}
         fastest = dict(seconds)
@@ -246,6 +249,7 @@ def main():
     parser.add_argument("--batch", type=int, default=16, help="utterances per batch")
     parser.add_argument("--frames", type=int, default=400, help="padded frames per utterance")
     parser.add_argument("--features", type=int, default=NUM_FEATURES, help="input values per step")
+    parser.add_argument("--layers", type=int, default=NUM_LAYERS, help="bidirectional layers")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     parser.add_argument("--matmuls", action="store_true", help="then time the step's matmul shapes in both dtypes")
     parser.add_argument("--layouts", action="store_true", help="with --matmuls: also each per-step product's other layouts")
@@ -257,15 +261,26 @@ def main():
 
     keras.utils.set_random_seed(0)
     batch = make_batch(args.batch, args.frames, args.features)
+    if not rnn.native_enabled():
+        raise SystemExit("bench/rnn.py: asr.rnn's native loop is unavailable here (see the warning above)")
+    models = [  # name, model, whether its loops are native
+        ("ours", OursModel(layers=args.layers), True),
+        ("ours-bf16", OursModel("mixed_bfloat16", args.layers), True),
+        ("ours-graph", OursModel(layers=args.layers), False),
+        ("ours-graph-bf16", OursModel("mixed_bfloat16", args.layers), False),
+        ("stock", StockModel(args.layers), False),
+    ]
     steps = {}
-    for name, model in [("ours", OursModel()), ("ours-bf16", OursModel("mixed_bfloat16")), ("stock", StockModel())]:
+    for name, model, native in models:
         model(batch[0][:1, :2], batch[1][:1] * 0 + 2)  # build the weights eagerly
         steps[name] = make_train_step(model, args.features)
         print(f"{name}: {model.count_params():,} parameters", flush=True)
-    for name, step in steps.items():
+    for name, model, native in models:
         start = time.perf_counter()
+        previous = rnn.use_native(native)  # read when the step is traced, in its first call
         for _ in range(args.warmup):
-            time_step(step, batch)
+            time_step(steps[name], batch)
+        rnn.use_native(previous)
         print(f"{name}: trace + {args.warmup} warm-up steps {time.perf_counter() - start:.1f} s", flush=True)
 
     times = {name: [] for name in steps}
@@ -274,22 +289,29 @@ def main():
             times[name].append(time_step(step, batch))
     wall = {name: statistics.median(w for w, _ in t) for name, t in times.items()}
     cpu = {name: statistics.median(c for _, c in t) for name, t in times.items()}
-    print(f"batch {args.batch}, frames {args.frames} x {args.features} (lengths {int(batch[1].numpy().min())}..{args.frames}), "
+    print(f"{args.layers} layers, batch {args.batch}, frames {args.frames} x {args.features} (lengths {int(batch[1].numpy().min())}..{args.frames}), "
           f"{args.repeats} repeats, {os.cpu_count()} CPUs, threads intra-op {args.intra_op_threads or 'default'} "
           f"inter-op {args.inter_op_threads or 'default'}, tf {tf.__version__}, keras {keras.__version__}")
     for name, t in times.items():
         all_wall = ", ".join(f"{w * 1000:.0f}" for w, _ in t)
-        print(f"{name:>9}: median {wall[name] * 1000:8.1f} ms/step wall, {cpu[name] * 1000:8.1f} ms CPU"
+        print(f"{name:>15}: median {wall[name] * 1000:8.1f} ms/step wall, {cpu[name] * 1000:8.1f} ms CPU"
               f"  (wall: {all_wall})")
-    print(f"ratio ours/stock: {wall['ours'] / wall['stock']:.3f} wall, {cpu['ours'] / cpu['stock']:.3f} CPU")
-    print(f"ratio ours-bf16/stock: {wall['ours-bf16'] / wall['stock']:.3f} wall, {cpu['ours-bf16'] / cpu['stock']:.3f} CPU")
-    print(f"ratio bf16/float32 (ours): {wall['ours-bf16'] / wall['ours']:.3f} wall, {cpu['ours-bf16'] / cpu['ours']:.3f} CPU"
-          f"  (issue 9's target: <= 0.6)")
-    for name in ("ours", "ours-bf16"):
+
+    def ratio(label, a, b, note=""):
+        print(f"ratio {label}: {wall[a] / wall[b]:.3f} wall, {cpu[a] / cpu[b]:.3f} CPU{note}")
+
+    ratio("bf16/float32, native loop", "ours-bf16", "ours", "  (issue 9's target: <= 0.6)")
+    ratio("bf16/float32, graph loop", "ours-graph-bf16", "ours-graph")
+    ratio("native/graph, float32", "ours", "ours-graph")
+    ratio("native/graph, bf16", "ours-bf16", "ours-graph-bf16")
+    for name in ("ours", "ours-bf16", "ours-graph", "ours-graph-bf16"):
+        ratio(f"{name}/stock", name, "stock")
+    for name in ("ours", "ours-bf16", "ours-graph", "ours-graph-bf16"):
         nodes = loop_nodes(steps[name])
-        print(f"{name:>9}: graph nodes per time step, all layers' loops: {nodes['forward']} forward, {nodes['backward']} backward")
+        print(f"{name:>15}: graph nodes per time step, all layers' loops: {nodes['forward']} forward, {nodes['backward']} backward")
     if args.matmuls:
-        matmul_table(args.batch, args.frames, args.features, wall["ours"], wall["ours-bf16"], args.layouts)
+        print("the graph loop's matmuls:")
+        matmul_table(args.batch, args.frames, args.features, args.layers, wall["ours-graph"], wall["ours-graph-bf16"], args.layouts)
 
 
 if __name__ == "__main__":
