@@ -98,5 +98,9 @@ class AcousticModel(keras.Model):
         features = tf.zeros([1, max(self.cfg.frame_stack, 1), self.num_features])
         self(features, tf.constant([features.shape[1]], tf.int32))
 
+    def recurrent_loop(self) -> str:
+        """"native" if every layer's loop runs in asr.rnn's native op (asr.rnn.native), else "graph"."""
+        return "native" if all(rnn.runs_native(cell) for cell in self.cells_fw + self.cells_bw) else "graph"
+
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.trainable_variables))

@@ -447,8 +447,8 @@ class Trainer:
     def run(self) -> dict:
         t = self.config.train
         log.info(
-            "model: %s, %d parameters, %s; %d training and %d dev utterances, %d steps an epoch; learning rate decays over %d steps after %d of warm-up",
-            self.config.model.cell, self.model.num_parameters(), t.precision, len(self.train_utts), len(self.dev_utts),
+            "model: %s, %d parameters, %s, %s loop; %d training and %d dev utterances, %d steps an epoch; learning rate decays over %d steps after %d of warm-up",
+            self.config.model.cell, self.model.num_parameters(), t.precision, self.model.recurrent_loop(), len(self.train_utts), len(self.dev_utts),
             self.steps_per_epoch, decay_steps(t, self.steps_per_epoch), t.warmup_steps,
         )
         while not self.done():
@@ -461,12 +461,13 @@ class Trainer:
         return self.write_summary()
 
     def write_summary(self) -> dict:
-        """The run so far as exp_dir/summary.json (steps, time, best dev scores, per-epoch history)."""
+        """The run so far as exp_dir/summary.json (steps, time, best dev scores, the recurrent loop
+        that ran (native or graph, see asr.rnn.native), per-epoch history)."""
         best = self.state.best or {}
         summary = dict(
             steps=self.state.step, train_seconds=round(self.state.train_seconds, 1),
             best_dev_wer=best.get("wer"), best_dev_cer=best.get("cer"), keep_best_by=self.config.train.keep_best_by,
-            skipped_batches=self.state.skipped_batches, history=self.state.history,
+            recurrent_loop=self.model.recurrent_loop(), skipped_batches=self.state.skipped_batches, history=self.state.history,
         )
         if self.chief:
             with self._writing("summary.json"):

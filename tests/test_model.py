@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr import checkpoint
+from asr import checkpoint, rnn
 from asr.config import Config, ModelConfig, from_dict
 from asr.errors import DataError
 from asr.features import FeatureStats
@@ -27,16 +27,16 @@ def test_stack_frames_windows():
     np.testing.assert_array_equal(y[0, 3], np.concatenate([x.numpy()[0, 6], [0, 0, 0, 0]]))
 
 
-def _tiny(cell="ln_lstm", **kw):
-    cfg = ModelConfig(cell=cell, num_layers=2, num_units=8, frame_stack=3, frame_stride=2, **kw)
+def _tiny(cell="ln_lstm", units=8, **kw):
+    cfg = ModelConfig(cell=cell, num_layers=2, num_units=units, frame_stack=3, frame_stride=2, **kw)
     model = AcousticModel(cfg, num_features=5, vocab_size=6, seed=1)
     model.build_weights()
     return model
 
 
-@pytest.mark.parametrize("cell", ["lstm", "ln_lstm", "gru", "ln_gru"])
-def test_padding_does_not_change_logits(cell):
-    model = _tiny(cell)
+@pytest.mark.parametrize("cell, units", [("lstm", 8), ("ln_lstm", 8), ("ln_lstm", 16), ("gru", 8), ("ln_gru", 8)])
+def test_padding_does_not_change_logits(cell, units):
+    model = _tiny(cell, units)
     rng = np.random.default_rng(0)
     long, short = rng.normal(size=(11, 5)).astype("f4"), rng.normal(size=(6, 5)).astype("f4")
     batch = np.zeros((2, 11, 5), "f4")
@@ -46,6 +46,17 @@ def test_padding_does_not_change_logits(cell):
     alone, alone_len = model(tf.constant(short[None]), tf.constant([6]))
     assert lengths.numpy().tolist() == [6, 3] and alone_len.numpy().tolist() == [3]
     np.testing.assert_allclose(logits.numpy()[1, :3], alone.numpy()[0], atol=1e-5)
+
+
+def test_recurrent_loop_names_the_loop_that_runs():
+    """ln_lstm with units a multiple of 16 runs natively (where the library builds: CI checks that
+    in test_native_rnn.py); 8 units, other cells and state dropout keep the graph loop."""
+    assert _tiny("ln_lstm", 16).recurrent_loop() == ("native" if rnn.native_enabled() else "graph")
+    assert _tiny("ln_lstm", 8).recurrent_loop() == "graph"
+    assert _tiny("lstm", 16).recurrent_loop() == "graph"
+    wrapped = rnn.DropoutWrapper(rnn.LayerNormLSTMCell(16), output_keep_prob=0.9)
+    assert rnn.runs_native(wrapped) == rnn.native_enabled()
+    assert not rnn.runs_native(rnn.DropoutWrapper(rnn.LayerNormLSTMCell(16), state_keep_prob=0.9))
 
 
 def test_dropout_only_in_training():

@@ -31,11 +31,15 @@ TIME = max(LENGTHS)
 NATIVE_OP = "AsrLayerNormLstm"
 TOLERANCE = {"float32": 1e-4, "mixed_bfloat16": BF16_TOLERANCE}  # of the largest entry
 
-pytestmark = pytest.mark.skipif(not native.native_enabled(), reason="the native loop is unavailable here")
-
-
 @pytest.fixture(autouse=True)
 def native_on():
+    """Each test starts with the native loop on; one that cannot be built fails under CI (it has
+    g++ and TensorFlow's headers), and skips elsewhere."""
+    if not native.native_enabled():
+        message = "asr.rnn's native loop is unavailable here (see the warning logged when it was built)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     previous = native.use_native(True)
     yield
     native.use_native(previous)

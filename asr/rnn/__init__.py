@@ -69,7 +69,7 @@ again with only the layer-norm LSTM's elementwise step compiled (one XLA kernel 
 gradient, inside the loop): a step 3% slower in float32 and 8% in bf16 (bench/rnn.py, README).
 """
 
-from asr.rnn.api import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectional_dynamic_rnn, static_rnn
+from asr.rnn.api import bidirectional_dynamic_rnn, dynamic_rnn, runs_native, stack_bidirectional_dynamic_rnn, static_rnn
 from asr.rnn.cells import (
     LAYER_NORM_EPSILON,
     RECURRENT_KERNEL,
@@ -101,6 +101,7 @@ __all__ = [
     "forward_only",
     "native_enabled",
     "recurrent_matmul",
+    "runs_native",
     "stack_bidirectional_dynamic_rnn",
     "static_rnn",
     "use_native",

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from asr.rnn.cells import RECURRENT_KERNEL, LayerNormLSTMCell, RecurrentCell
-from asr.rnn.dropout import DropoutMasks, apply_mask, drop_state, prepare
+from asr.rnn.dropout import DropoutMasks, DropoutWrapper, apply_mask, drop_state, prepare
 from asr.rnn.gradient import KernelGradient
 from asr.rnn.loop import checked_lengths, forward_only_active, loop, num_steps, unroll
 from asr.rnn.native import MATMUL_DTYPES, UNITS_MULTIPLE, layer_norm_lstm, native_enabled
@@ -45,16 +45,30 @@ def _broadcast_batch(weight, batch_size):
     return tf.broadcast_to(weight, tf.concat([[batch_size], tf.shape(weight)], axis=0))
 
 
-def _native_applies(run):
-    """Whether a prepared cell runs in the native op (asr.rnn.native says when)."""
+def _native_cell(cell):
+    """Whether an unwrapped cell can run in the native op now (asr.rnn.native says when)."""
     return (
-        type(run.cell) is LayerNormLSTMCell
-        and run.cell.num_units % UNITS_MULTIPLE == 0
-        and run.cell.matmul_dtype in MATMUL_DTYPES
-        and run.masks.state is None
+        type(cell) is LayerNormLSTMCell
+        and cell.num_units % UNITS_MULTIPLE == 0
+        and cell.matmul_dtype in MATMUL_DTYPES
         and not forward_only_active()
         and native_enabled()
     )
+
+
+def _native_applies(run):
+    """Whether a prepared cell (dropout.prepare) runs in the native op: no state mask either."""
+    return _native_cell(run.cell) and run.masks.state is None
+
+
+def runs_native(cell):
+    """Whether loops over cell (a cell, or one in DropoutWrappers) traced now run in the native op,
+    in training too (where a state_keep_prob < 1 would keep the graph loop)."""
+    state_dropout = False
+    while isinstance(cell, DropoutWrapper):
+        state_dropout = state_dropout or cell.state_keep_prob < 1.0
+        cell = cell.cell
+    return not state_dropout and _native_cell(cell)
 
 
 def _direction(run, step_inputs, initial_state, use_native=False):
