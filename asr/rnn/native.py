@@ -14,7 +14,9 @@ num_units a multiple of 16, float32 or bfloat16 matmuls, no state dropout, on a 
 a GPU, in dynamic_rnn, bidirectional_dynamic_rnn and
 stack_bidirectional_dynamic_rnn, unless `use_native(False)` (or ASR_NATIVE_RNN=0 in the
 environment) turns it off or the library cannot be built; static_rnn, the other cells and
-`forward_only` graphs (TFLite export) keep the graph loop. Both compute the same function (the
+`forward_only` graphs keep the graph loop. asr's inference function (asr.export.make_forward:
+`asr transcribe`, `asr evaluate`, exported SavedModels and TFLite files, the trace cache) is
+traced under forward_only, so that what it saves loads without this library. Both compute the same function (the
 tests hold them to each other, values and gradients, in float32 and bfloat16); their float
 rounding differs, so a run is exactly repeatable only on the same loop.
 
