@@ -261,7 +261,7 @@ def main():
 
     keras.utils.set_random_seed(0)
     batch = make_batch(args.batch, args.frames, args.features)
-    if not rnn.native_enabled():
+    if not (rnn.native_enabled("float32") and rnn.native_enabled("bfloat16")):
         raise SystemExit("bench/rnn.py: asr.rnn's native loop is unavailable here (see the warning above)")
     models = [  # name, model, whether its loops are native
         ("ours", OursModel(layers=args.layers), True),

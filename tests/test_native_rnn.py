@@ -7,7 +7,8 @@ test_mixed_precision.py), so agreement here ties the native op to that reference
 both compute the same operations in a different order (tiles against oneDNN, Eigen against
 TensorFlow's ops): within 1e-4 of the largest entry (measured: at most 2.5e-6). bfloat16: as in
 test_mixed_precision.py, the two round the same operands in different orders (VDPBF16PS against
-oneDNN), so they agree to a few bf16 roundings: BF16_TOLERANCE of the largest entry (measured:
+oneDNN), and the graph loop also rounds each recurrent product to bf16 where the native op keeps
+it in float32, so they agree to a few bf16 roundings: BF16_TOLERANCE of the largest entry (measured:
 at most 1.2%, the stacked case).
 """
 
@@ -35,7 +36,7 @@ TOLERANCE = {"float32": 1e-4, "mixed_bfloat16": BF16_TOLERANCE}  # of the larges
 def native_on():
     """Each test starts with the native loop on; one that cannot be built fails under CI (it has
     g++ and TensorFlow's headers), and skips elsewhere."""
-    if not native.native_enabled():
+    if not (native.native_enabled("float32") and native.native_enabled("bfloat16")):
         message = "asr.rnn's native loop is unavailable here (see the warning logged when it was built)"
         if os.environ.get("CI"):
             pytest.fail(message)
@@ -196,6 +197,33 @@ def test_the_graph_loop_runs_where_the_native_op_does_not_apply(case):
 
     ops = graph_ops(run, inputs())
     assert NATIVE_OP not in ops and ("While" in ops or "StatelessWhile" in ops)
+
+
+def test_a_cpu_without_the_tiles_instructions_keeps_the_graph_loop(monkeypatch):
+    cell = make_cell("mixed_bfloat16", 0)
+
+    def run(x):
+        return rnn.dynamic_rnn(cell, x, sequence_length=LENGTHS)
+
+    monkeypatch.setattr(native, "_cpu_flags", lambda: "flags : fpu sse2 avx2 avx512f")  # no avx512_bf16
+    assert NATIVE_OP not in graph_ops(run, inputs())
+    assert native.native_enabled("float32") and not native.native_enabled("bfloat16")
+    monkeypatch.setattr(native, "_cpu_flags", lambda: "flags : fpu sse2 avx2")
+    assert not native.native_enabled("float32")
+
+
+def test_the_op_names_an_input_of_the_wrong_shape():
+    d, n, b, u = 1, 3, 5, UNITS
+    args = dict(
+        projected=tf.zeros([d, n, b, 4 * u]), kernel=tf.zeros([d, u, 4 * u]), gate_gain=tf.ones([d, 4, u]),
+        gate_shift=tf.zeros([d, 4, u]), state_gain=tf.ones([d, u]), state_shift=tf.zeros([d, u]),
+        h0=tf.zeros([d, b, u]), c0=tf.zeros([d, 1, u]), lengths=tf.fill([b], n),
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"c0 must be \[1,5,32\], got \[1,1,32\]"):
+        native.layer_norm_lstm(**args)  # (an initial state of one row fails in the graph loop too)
+    args["c0"] = tf.zeros([d, b, u])
+    outputs, _, final_c = native.layer_norm_lstm(**args)
+    assert outputs.shape == (d, n, b, u) and final_c.shape == (d, b, u)
 
 
 def test_forward_only_and_use_native_false_keep_the_graph_loop():

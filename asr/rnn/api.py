@@ -15,7 +15,7 @@ from asr.rnn.cells import RECURRENT_KERNEL, LayerNormLSTMCell, RecurrentCell
 from asr.rnn.dropout import DropoutMasks, DropoutWrapper, apply_mask, drop_state, prepare
 from asr.rnn.gradient import KernelGradient
 from asr.rnn.loop import checked_lengths, forward_only_active, loop, num_steps, unroll
-from asr.rnn.native import MATMUL_DTYPES, UNITS_MULTIPLE, layer_norm_lstm, native_enabled
+from asr.rnn.native import UNITS_MULTIPLE, layer_norm_lstm, native_enabled
 
 
 class _Direction(NamedTuple):
@@ -50,9 +50,8 @@ def _native_cell(cell):
     return (
         type(cell) is LayerNormLSTMCell
         and cell.num_units % UNITS_MULTIPLE == 0
-        and cell.matmul_dtype in MATMUL_DTYPES
         and not forward_only_active()
-        and native_enabled()
+        and native_enabled(cell.matmul_dtype)
     )
 
 
@@ -140,6 +139,10 @@ def _run_native(directions, lengths, steps):
         return tf.stack([d.weights[key] for d in directions])
 
     projected = tf.stack([d.projected for d in directions])
+
+    def states(k):
+        return tf.stack([d.states[k] for d in directions])
+
     if lengths is None:
         lengths = tf.fill(tf.shape(projected)[2:3], steps)
     outputs, final_h, final_c = layer_norm_lstm(
@@ -149,8 +152,8 @@ def _run_native(directions, lengths, steps):
         stacked("gate_shift"),
         stacked("state_gain"),
         stacked("state_shift"),
-        tf.stack([d.states[0] for d in directions]),
-        tf.stack([d.states[1] for d in directions]),
+        states(0),
+        states(1),
         lengths,
     )
     count = len(directions)

@@ -10,15 +10,18 @@ The input projection of all steps stays before the loop and the recurrent kernel
 after it, as one TensorFlow matmul each (oneDNN), as in the graph loop (gradient.py).
 
 When it runs: `asr.rnn`'s loops use it for a LayerNormLSTMCell (exactly that class) with
-num_units a multiple of 16, float32 or bfloat16 matmuls, no state dropout, on a machine without
-a GPU, in dynamic_rnn, bidirectional_dynamic_rnn and
+num_units a multiple of 16, float32 matmuls on a CPU with AVX-512F or bfloat16 ones on a CPU
+with AVX512-BF16 (CPU_FLAG_FOR), no state dropout, no GPU visible, in dynamic_rnn, bidirectional_dynamic_rnn and
 stack_bidirectional_dynamic_rnn, unless `use_native(False)` (or ASR_NATIVE_RNN=0 in the
 environment) turns it off or the library cannot be built; static_rnn, the other cells and
 `forward_only` graphs keep the graph loop. asr's inference function (asr.export.make_forward:
 `asr transcribe`, `asr evaluate`, exported SavedModels and TFLite files, the trace cache) is
 traced under forward_only, so that what it saves loads without this library. Both compute the same function (the
 tests hold them to each other, values and gradients, in float32 and bfloat16); their float
-rounding differs, so a run is exactly repeatable only on the same loop.
+rounding differs, so a run is exactly repeatable only on the same loop. In bfloat16 the native
+op keeps each recurrent product h U (and dz U^T) in float32 where the graph loop's bf16 MatMul
+rounds it to bf16: slightly more precise. The op has no second-order gradient (a gradient of its
+gradient raises LookupError); the graph loop has one.
 
 Building: the source is compiled on first use with the C++ compiler (`CXX`, default g++) against
 the installed TensorFlow's headers, for this machine's CPU (-march=native; without AVX-512 the
@@ -41,7 +44,10 @@ import tensorflow as tf
 SOURCE = Path(__file__).with_name("kernels") / "layer_norm_lstm.cc"
 ENV_SWITCH = "ASR_NATIVE_RNN"  # "0": the graph loop everywhere
 UNITS_MULTIPLE = 16  # the matmul tiles' column width (16 float32 lanes)
-MATMUL_DTYPES = ("float32", "bfloat16")  # the kernel's: mixed_float16 (GPUs) keeps the graph loop
+# The matmul dtypes the op has register tiles for, and the CPU flag (/proc/cpuinfo) each needs:
+# elsewhere (no AVX-512, bfloat16 without AVX512-BF16, float16) the graph loop runs.
+CPU_FLAG_FOR = {"float32": "avx512f", "bfloat16": "avx512_bf16"}
+BUILD_TIMEOUT_S = 600
 OPTIMIZE_FLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-w")
 
 _log = logging.getLogger(__name__)
@@ -56,13 +62,20 @@ def use_native(enabled):
     return previous
 
 
-def native_enabled():
-    """Whether loops traced now would use the native op (when their cell allows it): it is on,
-    no GPU is visible (the op has a CPU kernel only) and the library loads."""
-    return _state["enabled"] and not tf.config.list_logical_devices("GPU") and library() is not None
+def native_enabled(matmul_dtype="float32"):
+    """Whether loops traced now would use the native op for a cell whose matmuls run in
+    matmul_dtype (when the cell allows it): it is on, the CPU has the tiles' instructions, no GPU
+    is visible (the op has a CPU kernel only) and the library loads."""
+    return (
+        _state["enabled"]
+        and CPU_FLAG_FOR.get(matmul_dtype, "-") in _cpu_flags().split()
+        and not tf.config.list_logical_devices("GPU")
+        and library() is not None
+    )
 
 
 def _cpu_flags():
+    """The CPU's flags line of /proc/cpuinfo (elsewhere: platform.processor(), which names no flag)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -90,7 +103,9 @@ def _build(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         partial = Path(tmp) / path.name
-        done = subprocess.run(_command(partial), capture_output=True, text=True)
+        done = subprocess.run(
+            _command(partial), capture_output=True, text=True, errors="replace", timeout=BUILD_TIMEOUT_S
+        )
         if done.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE} failed:\n{done.stderr[-2000:]}")
         os.replace(partial, path)  # atomic: another process sees all of it or none
@@ -105,7 +120,7 @@ def library():
                 if not path.exists():
                     _build(path)
                 _state["library"] = tf.load_op_library(str(path))
-            except (OSError, RuntimeError, tf.errors.NotFoundError) as error:
+            except Exception as error:  # noqa: BLE001 - any failure to build or load: the graph loop runs
                 _state["error"] = error
                 _log.warning("asr.rnn: the native layer-norm LSTM is unavailable, using the graph loop (%s)", error)
         return _state["library"]

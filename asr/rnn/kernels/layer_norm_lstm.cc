@@ -17,6 +17,9 @@
 // is left to TensorFlow (native.py).
 
 #include <algorithm>
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -102,9 +105,15 @@ inline void TileF32(int k_size, const float* a, int lda, const float* b, int n_s
 #endif
 
 #if defined(__AVX512BF16__)
-// a: rows of bfloat16 pairs read as uint32 (lda in pairs); b: packed pairs, n_size columns.
+inline int LoadPair(const bfloat16* pair) {  // two bfloat16 as one 32-bit lane (memcpy: no aliasing)
+  int32_t bits;
+  std::memcpy(&bits, pair, sizeof(bits));
+  return bits;
+}
+
+// a: rows of bfloat16 (lda in pairs); b: packed pairs, n_size columns.
 template <int MR, int NR>
-inline void TileBf16(int pairs, const uint32_t* a, int lda, const bfloat16* b, int n_size, float* c, int ldc) {
+inline void TileBf16(int pairs, const bfloat16* a, int lda, const bfloat16* b, int n_size, float* c, int ldc) {
   __m512 acc[MR][NR];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_loadu_ps(c + r * ldc + j * kLanes);
@@ -113,7 +122,7 @@ inline void TileBf16(int pairs, const uint32_t* a, int lda, const bfloat16* b, i
     const bfloat16* row = b + static_cast<size_t>(k) * n_size * 2;
     for (int j = 0; j < NR; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(row + j * kLanes * 2);
     for (int r = 0; r < MR; ++r) {
-      __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * lda + k]));
+      __m512bh av = (__m512bh)_mm512_set1_epi32(LoadPair(a + 2 * (r * lda + k)));
       for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
     }
   }
@@ -146,10 +155,28 @@ constexpr int kColBlock = 4;  // vectors of 16 columns of a register tile
     case 4 * 8 + 4: TILE<4, 4>(__VA_ARGS__); break;                                        \
   }
 
-// C[M, N] += A[M, K] B, float32.
-void MatMulAdd(int m_size, const float* a, const PackedMatrix<float>& b, float* c, std::vector<uint32_t>*) {
-  const int k_size = b.rows, n_size = b.cols;
+// The ops run only where the library was built with AVX-512F (and AVX512-BF16 for bfloat16
+// kernels): native.py checks the CPU first, and the ops refuse otherwise (kFloatTiles, kBf16Tiles).
 #if defined(__AVX512F__)
+constexpr bool kFloatTiles = true;
+#else
+constexpr bool kFloatTiles = false;
+#endif
+#if defined(__AVX512BF16__)
+constexpr bool kBf16Tiles = true;
+#else
+constexpr bool kBf16Tiles = false;
+#endif
+
+template <typename T>
+constexpr bool HasTiles() {
+  return std::is_same<T, bfloat16>::value ? kBf16Tiles : kFloatTiles;
+}
+
+// C[M, N] += A[M, K] B, float32.
+void MatMulAdd(int m_size, const float* a, const PackedMatrix<float>& b, float* c, std::vector<bfloat16>*) {
+#if defined(__AVX512F__)
+  const int k_size = b.rows, n_size = b.cols;
   for (int n0 = 0; n0 < n_size; n0 += kColBlock * kLanes) {
     const int nr = std::min(kColBlock, (n_size - n0) / kLanes);
     for (int m0 = 0; m0 < m_size; m0 += kRowBlock) {
@@ -158,41 +185,25 @@ void MatMulAdd(int m_size, const float* a, const PackedMatrix<float>& b, float* 
                      n_size)
     }
   }
-#else
-  for (int m = 0; m < m_size; ++m)
-    for (int k = 0; k < k_size; ++k) {
-      const float av = a[m * k_size + k];
-      const float* row = b.data.data() + static_cast<size_t>(k) * n_size;
-      for (int n = 0; n < n_size; ++n) c[m * n_size + n] += av * row[n];
-    }
 #endif
 }
 
 // C[M, N] += bfloat16(A[M, K]) B, products summed in float32; scratch holds A in bfloat16.
-void MatMulAdd(int m_size, const float* a, const PackedMatrix<bfloat16>& b, float* c, std::vector<uint32_t>* scratch) {
-  const int k_size = b.rows, n_size = b.cols;
-  scratch->resize(static_cast<size_t>(m_size) * k_size / 2);
-  bfloat16* a16 = reinterpret_cast<bfloat16*>(scratch->data());
-  for (int i = 0; i < m_size * k_size; ++i) a16[i] = bfloat16(a[i]);
+void MatMulAdd(int m_size, const float* a, const PackedMatrix<bfloat16>& b, float* c, std::vector<bfloat16>* scratch) {
 #if defined(__AVX512BF16__)
+  const int k_size = b.rows, n_size = b.cols;
+  scratch->resize(static_cast<size_t>(m_size) * k_size);
+  bfloat16* a16 = scratch->data();
+  for (int i = 0; i < m_size * k_size; ++i) a16[i] = bfloat16(a[i]);
   const int pairs = k_size / 2;
   for (int n0 = 0; n0 < n_size; n0 += kColBlock * kLanes) {
     const int nr = std::min(kColBlock, (n_size - n0) / kLanes);
     for (int m0 = 0; m0 < m_size; m0 += kRowBlock) {
       const int mr = std::min(kRowBlock, m_size - m0);
-      ASR_TILE_CASES(TileBf16, pairs, scratch->data() + m0 * pairs, pairs, b.data.data() + n0 * 2, n_size,
+      ASR_TILE_CASES(TileBf16, pairs, a16 + m0 * k_size, pairs, b.data.data() + n0 * 2, n_size,
                      c + m0 * n_size + n0, n_size)
     }
   }
-#else
-  for (int m = 0; m < m_size; ++m)
-    for (int k = 0; k < k_size; ++k) {
-      const float av = static_cast<float>(a16[m * k_size + k]);
-      for (int n = 0; n < n_size; ++n) {
-        const size_t at = (static_cast<size_t>(k / 2) * n_size + n) * 2 + k % 2;
-        c[m * n_size + n] += av * static_cast<float>(b.data[at]);
-      }
-    }
 #endif
 }
 
@@ -247,7 +258,7 @@ struct Dims {
   size_t Row(int t, int d, int b) const { return (static_cast<size_t>(d) * steps + t) * batch + b; }
 };
 
-// The per-step values that the forward op saves for the backward op, [n, D, B, ...] each.
+// The per-step values that the forward op saves for the backward op, [D, n, B, ...] each.
 struct Saved {
   float* activations;    // [.., 4U] i, f, g, o
   float* gate_normed;    // [.., 4U] LN(z_k) before gain and shift
@@ -343,6 +354,44 @@ Saved SavedTensors(const std::vector<Tensor*>& tensors) {
   return {p(0), p(1), p(2), p(3), p(4), p(5), p(6)};
 }
 
+// Whether input `index` has shape `expected`; if not, fails the op with an error naming it.
+bool HasShape(OpKernelContext* ctx, int index, const char* name, const TensorShape& expected) {
+  const TensorShape& actual = ctx->input(index).shape();
+  if (actual == expected) return true;
+  ctx->CtxFailure(__FILE__, __LINE__,
+                  tensorflow::errors::InvalidArgument(name, " must be ", expected.DebugString(), ", got ",
+                                                      actual.DebugString()));
+  return false;
+}
+
+// The checks both ops share: the weights, the state-shaped inputs, lengths, U and the CPU.
+template <typename T>
+bool CheckCommon(OpKernelContext* ctx, const Dims& dims, std::initializer_list<std::pair<int, const char*>> states,
+                 int kernel, int first_weight, int lengths) {
+  const int64_t d = dims.directions, b = dims.batch, u = dims.units;
+  if (!HasShape(ctx, kernel, "kernel", TensorShape{d, u, kGates * u})) return false;
+  if (!HasShape(ctx, first_weight, "gate_gain", TensorShape{d, kGates, u}) ||
+      !HasShape(ctx, first_weight + 1, "gate_shift", TensorShape{d, kGates, u}) ||
+      !HasShape(ctx, first_weight + 2, "state_gain", TensorShape{d, u}) ||
+      !HasShape(ctx, first_weight + 3, "state_shift", TensorShape{d, u}) ||
+      !HasShape(ctx, lengths, "lengths", TensorShape{b}))
+    return false;
+  for (const auto& state : states)
+    if (!HasShape(ctx, state.first, state.second, TensorShape{d, b, u})) return false;
+  if (u % kBlock != 0) {
+    ctx->CtxFailure(__FILE__, __LINE__,
+                    tensorflow::errors::InvalidArgument("units must be a multiple of 16, got ", u));
+    return false;
+  }
+  if (!HasTiles<T>()) {
+    ctx->CtxFailure(__FILE__, __LINE__,
+                    tensorflow::errors::Unimplemented("this build has no AVX-512 tiles for the kernel's dtype "
+                                                      "(asr.rnn.native uses the op only where the CPU has them)"));
+    return false;
+  }
+  return true;
+}
+
 // Runs fn(d) for each direction, one thread each when the pool has them.
 template <typename Fn>
 void ForEachDirection(OpKernelContext* ctx, int directions, int64_t cost, Fn fn) {
@@ -364,16 +413,13 @@ class LayerNormLstmOp : public OpKernel {
     const Tensor& projected = ctx->input(0);  // [D, n, B, 4U]
     const Tensor& kernel = ctx->input(1);     // [D, U, 4U]
     const Tensor& lengths = ctx->input(8);    // [B]
-    OP_REQUIRES(ctx, projected.dims() == 4 && kernel.dims() == 3,
-                tensorflow::errors::InvalidArgument("projected must be [D, n, B, 4U] and kernel [D, U, 4U]"));
+    OP_REQUIRES(ctx, projected.dims() == 4 && projected.dim_size(3) % kGates == 0,
+                tensorflow::errors::InvalidArgument("projected must be [D, n, B, 4U], got ",
+                                                    projected.shape().DebugString()));
     const Dims dims{static_cast<int>(projected.dim_size(1)), static_cast<int>(projected.dim_size(0)),
-                    static_cast<int>(projected.dim_size(2)), static_cast<int>(kernel.dim_size(1))};
-    OP_REQUIRES(ctx, projected.dim_size(3) == kGates * dims.units && kernel.dim_size(2) == kGates * dims.units &&
-                         kernel.dim_size(0) == dims.directions && lengths.NumElements() == dims.batch,
-                tensorflow::errors::InvalidArgument("projected, kernel and lengths disagree in shape"));
-    OP_REQUIRES(ctx, dims.units % 16 == 0, tensorflow::errors::InvalidArgument("units must be a multiple of 16"));
+                    static_cast<int>(projected.dim_size(2)), static_cast<int>(projected.dim_size(3) / kGates)};
+    if (!CheckCommon<T>(ctx, dims, {{6, "h0"}, {7, "c0"}}, 1, 2, 8)) return;
     const TensorShape state_shape{dims.directions, dims.batch, dims.units};
-    const int64_t rows = static_cast<int64_t>(dims.steps) * dims.directions * dims.batch;
     Tensor *h, *final_h, *final_c;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape{dims.directions, dims.steps, dims.batch, dims.units}, &h));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, state_shape, &final_h));
@@ -385,8 +431,9 @@ class LayerNormLstmOp : public OpKernel {
       TensorShape shape{dims.directions, dims.steps, dims.batch};
       if (saved_sizes[k] > 1 || k == 2) shape.AddDim(saved_sizes[k]);
       OP_REQUIRES_OK(ctx, ctx->allocate_output(3 + k, shape, &saved_tensors[k]));
-      std::memset(saved_tensors[k]->flat<float>().data(), 0, sizeof(float) * rows * saved_sizes[k]);
+      saved_tensors[k]->flat<float>().setZero();
     }
+    if (dims.batch == 0) return;  // every output is empty
     const Saved saved = SavedTensors(saved_tensors);
     const int32_t* len = lengths.flat<int32_t>().data();
     const int units = dims.units, gates = kGates * units, batch = dims.batch;
@@ -401,7 +448,7 @@ class LayerNormLstmOp : public OpKernel {
       Buffer c_carry(ctx->input(7).flat<float>().data() + static_cast<size_t>(d) * batch * units,
                                  ctx->input(7).flat<float>().data() + static_cast<size_t>(d + 1) * batch * units);
       Buffer z(static_cast<size_t>(batch) * gates), c_raw(units);
-      std::vector<uint32_t> scratch;
+      std::vector<bfloat16> scratch;
       float* h_out = h->flat<float>().data();
       const float* p = projected.flat<float>().data();
       for (int t = 0; t < dims.steps; ++t) {
@@ -439,8 +486,18 @@ class LayerNormLstmGradOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& d_h = ctx->input(0);
     const Tensor& kernel = ctx->input(3);
+    OP_REQUIRES(ctx, d_h.dims() == 4,
+                tensorflow::errors::InvalidArgument("d_h must be [D, n, B, U], got ", d_h.shape().DebugString()));
     const Dims dims{static_cast<int>(d_h.dim_size(1)), static_cast<int>(d_h.dim_size(0)),
                     static_cast<int>(d_h.dim_size(2)), static_cast<int>(d_h.dim_size(3))};
+    if (!CheckCommon<T>(ctx, dims, {{1, "d_final_h"}, {2, "d_final_c"}, {8, "c0"}}, 3, 4, 9)) return;
+    const int64_t d = dims.directions, n = dims.steps, b = dims.batch, u = dims.units;
+    const char* saved_names[] = {"activations", "gate_normed", "gate_inv_std", "state_normed",
+                                 "state_inv_std", "c", "tanh_c"};
+    const TensorShape saved_shapes[] = {{d, n, b, kGates * u}, {d, n, b, kGates * u}, {d, n, b, kGates},
+                                        {d, n, b, u}, {d, n, b}, {d, n, b, u}, {d, n, b, u}};
+    for (int k = 0; k < 7; ++k)
+      if (!HasShape(ctx, 10 + k, saved_names[k], saved_shapes[k])) return;
     const int units = dims.units, gates = kGates * units, batch = dims.batch;
     Tensor *d_projected, *d_h0, *d_c0;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape{dims.directions, dims.steps, batch, gates}, &d_projected));
@@ -454,6 +511,7 @@ class LayerNormLstmGradOp : public OpKernel {
     }
     std::vector<Tensor*> saved_tensors;
     for (int k = 10; k < 17; ++k) saved_tensors.push_back(const_cast<Tensor*>(&ctx->input(k)));
+    if (batch == 0) return;  // every output is empty
     const Saved saved = SavedTensors(saved_tensors);
     const int32_t* len = ctx->input(9).flat<int32_t>().data();
     const int64_t cost = static_cast<int64_t>(dims.steps) * batch * units * gates * 4;
@@ -472,7 +530,7 @@ class LayerNormLstmGradOp : public OpKernel {
       Buffer dc_carry(ctx->input(2).flat<float>().data() + state_at,
                                   ctx->input(2).flat<float>().data() + state_at + batch * units);
       Buffer dh_total(units), dh_new(static_cast<size_t>(batch) * units), work(gates + 2 * units);
-      std::vector<uint32_t> scratch;
+      std::vector<bfloat16> scratch;
       const float* c0 = ctx->input(8).flat<float>().data() + state_at;
       const float* dh_out = d_h.flat<float>().data();
       for (int t = dims.steps - 1; t >= 0; --t) {
