@@ -286,7 +286,7 @@ def test_decay_steps_auto_is_the_rest_of_the_run_after_warm_up():
 
 
 def test_the_recipe_decay_steps_auto_spans_the_run_after_warm_up(tmp_path, librispeech_root):
-    """recipes/librispeech_small: decay_steps auto = 56 epochs x 56 steps - 100 of warm-up = 3036."""
+    """recipes/librispeech_small: decay_steps auto = 96 epochs x 56 steps - 100 of warm-up = 5276."""
     from asr.config import load_recipe
     from asr.corpora import prepare
     from asr.optim import decay_steps
@@ -297,7 +297,7 @@ def test_the_recipe_decay_steps_auto_spans_the_run_after_warm_up(tmp_path, libri
     assert config.train.decay_steps == "auto"
     train_utts, dev_utts = prepare(config, tmp_path)
     steps_per_epoch = check_trainable(config, train_utts, dev_utts, Vocabulary(config.text.alphabet))
-    assert (steps_per_epoch, decay_steps(config.train, steps_per_epoch)) == (56, 56 * 56 - 100)
+    assert (steps_per_epoch, decay_steps(config.train, steps_per_epoch)) == (56, 96 * 56 - 100)
 
 
 def _tiny_steps(weight_noise=0.0, noise_seed=0, model=None):
