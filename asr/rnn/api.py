@@ -76,8 +76,8 @@ def _direction(run, step_inputs, initial_state, use_native=False):
     batch_size = tf.shape(step_inputs)[1]
     weights = run.cell.step_weights()
     projected = run.cell.project_inputs(apply_mask(step_inputs, run.masks.inputs))
+    states = _initial_states(run.cell, initial_state, batch_size)
     if use_native:
-        states = _initial_states(run.cell, initial_state, batch_size)
         return _Direction(run.cell, projected, weights, states, run.masks, None, native=True)
     kernel_gradient = None
     if run.cell.ADDITIVE_RECURRENCE:
@@ -86,7 +86,6 @@ def _direction(run, step_inputs, initial_state, use_native=False):
     for key in weights:
         if key != RECURRENT_KERNEL:
             weights[key] = _broadcast_batch(weights[key], batch_size)
-    states = _initial_states(run.cell, initial_state, batch_size)
     return _Direction(run.cell, projected, weights, states, run.masks, kernel_gradient)
 
 
@@ -139,10 +138,7 @@ def _run_native(directions, lengths, steps):
         return tf.stack([d.weights[key] for d in directions])
 
     projected = tf.stack([d.projected for d in directions])
-
-    def states(k):
-        return tf.stack([d.states[k] for d in directions])
-
+    h0, c0 = (tf.stack(pair) for pair in zip(*(d.states for d in directions)))
     if lengths is None:
         lengths = tf.fill(tf.shape(projected)[2:3], steps)
     outputs, final_h, final_c = layer_norm_lstm(
@@ -152,8 +148,8 @@ def _run_native(directions, lengths, steps):
         stacked("gate_shift"),
         stacked("state_gain"),
         stacked("state_shift"),
-        states(0),
-        states(1),
+        h0,
+        c0,
         lengths,
     )
     count = len(directions)

@@ -29,6 +29,7 @@ matmul falls back to plain loops), into ~/.cache/asr/kernels (XDG_CACHE_HOME), k
 source, TensorFlow's version, the flags and the CPU; about 10 s once per machine.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -74,8 +75,10 @@ def native_enabled(matmul_dtype="float32"):
     )
 
 
+@functools.cache
 def _cpu_flags():
-    """The CPU's flags line of /proc/cpuinfo (elsewhere: platform.processor(), which names no flag)."""
+    """The CPU's flags line of /proc/cpuinfo (elsewhere: platform.processor(), which names no flag);
+    read once, as every loop traced asks."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
